@@ -1,0 +1,101 @@
+"""Validate the workflow config against workflow/schemas/config.schema.yaml and fill defaults.
+
+We validate with jsonschema ourselves rather than with `snakemake.utils.validate` because its
+error prints the whole schema; ours names the key (`train.lr`), the problem and the fix in one
+paragraph, and suggests the closest known key for a typo.
+
+    python -m distill.config config.yaml [configs/ci.yaml ...]   # check files, print the result
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from distill.io import InputError
+
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _fill_defaults(validator_class):
+    """A validator class that also writes each property's `default` into the instance."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def _message(error: jsonschema.ValidationError, source: str) -> str:
+    where = _key(error.absolute_path)
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties":
+        known = sorted(schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in known]
+        hints = []
+        for k in extra:
+            close = difflib.get_close_matches(k, known, n=1)
+            hints.append(f"`{k}`" + (f" (did you mean `{close[0]}`?)" if close else ""))
+        return (
+            f"{source}: unknown config key {', '.join(hints)} under `{where}`. "
+            f"Known keys there: {', '.join(known)}. Fix: correct or remove it "
+            "(every key is documented in workflow/schemas/config.schema.yaml)."
+        )
+    description = schema.get("description", "")
+    return (
+        f"{source}: config key `{where}`: {error.message}."
+        + (f" It is: {description}" if description else "")
+        + " Fix: correct it (every key is documented in workflow/schemas/config.schema.yaml)."
+    )
+
+
+def validate_config(config: dict, source: str = "config", schema_path: Path = SCHEMA) -> dict:
+    """Validate `config` in place (defaults filled) and return it; InputError on the first error."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator_class = _fill_defaults(jsonschema.validators.validator_for(schema))
+    errors = sorted(
+        validator_class(schema).iter_errors(config), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        raise InputError(_message(errors[0], source))
+    return config
+
+
+def main() -> None:
+    config: dict = {}
+    for path in sys.argv[1:]:
+        _deep_update(config, yaml.safe_load(Path(path).read_text()) or {})
+    try:
+        validate_config(config, " + ".join(sys.argv[1:]))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(yaml.safe_dump(config, sort_keys=False))
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    """Merge `new` into `base` as Snakemake merges config files (dicts merge, the rest replaces)."""
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+if __name__ == "__main__":
+    main()
