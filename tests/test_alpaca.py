@@ -69,7 +69,14 @@ def outputs(n: int = 40, seed: int = 0):
         )
         same = i % 10 == 3  # some identical pairs
         out = ref[-1]["output"] if same else f"model {'x' * i} <<Q{rng.randint(0, 9)}>>"
-        mod.append({"instruction": instruction, "output": out, "generator": "student", "dataset": "helpful_base"})
+        mod.append(
+            {
+                "instruction": instruction,
+                "output": out,
+                "generator": "student",
+                "dataset": "helpful_base",
+            }
+        )
     return ref, mod
 
 
@@ -81,7 +88,10 @@ def test_switch_rule_matches_alpaca_eval():
     ours = [alpaca.is_switched_outputs(x) for x in instructions]
     assert 0 < sum(ours) < len(ours)
     # alpaca_eval's own helper, with the seed string its processor builds
-    lib = [ae_utils.random_seeded_choice("is_switched_outputs" + x + "0", [False, True]) for x in instructions]
+    lib = [
+        ae_utils.random_seeded_choice("is_switched_outputs" + x + "0", [False, True])
+        for x in instructions
+    ]
     assert ours == lib
     # and its processor, configured as SinglePairwiseAnnotator configures it (seed 0)
     proc = RandomSwitchTwoColumnsProcessor(
@@ -108,8 +118,12 @@ def test_annotator_seed_is_zero():
 
 def test_preference_from_logprobs():
     lp = {"m": math.log(0.8), "M": math.log(0.2)}
-    assert alpaca.preference_from_logprobs(lp, switched=False) == pytest.approx(1.2)  # first shown = output_1
-    assert alpaca.preference_from_logprobs(lp, switched=True) == pytest.approx(1.8)  # first shown = output_2
+    assert alpaca.preference_from_logprobs(lp, switched=False) == pytest.approx(
+        1.2
+    )  # first shown = output_1
+    assert alpaca.preference_from_logprobs(lp, switched=True) == pytest.approx(
+        1.8
+    )  # first shown = output_2
     # unnormalised log-probs: only the ratio matters
     lp = {"m": math.log(0.3), "M": math.log(0.1)}
     assert alpaca.preference_from_logprobs(lp, switched=False) == pytest.approx(1.25)
@@ -124,7 +138,15 @@ def test_preference_from_logprobs():
 
 def test_identical_outputs_need_no_judge_call():
     judge = StandInJudge()
-    rows = [{"instruction": "hi", "output_1": "same", "generator_1": "t", "output_2": "same", "generator_2": "s"}]
+    rows = [
+        {
+            "instruction": "hi",
+            "output_1": "same",
+            "generator_1": "t",
+            "output_2": "same",
+            "generator_2": "s",
+        }
+    ]
     [rec] = alpaca.annotate(judge, rows)
     assert rec["preference"] == 1.5 and judge.calls == []
 
@@ -132,7 +154,9 @@ def test_identical_outputs_need_no_judge_call():
 def test_prompt_is_alpaca_evals_file():
     text = alpaca.load_prompt_template()
     assert "{instruction}" in text and "{output_1}" in text and "{output_2}" in text
-    messages, switched = alpaca.build_messages(text, "Say hi {output_1}", "Hello <<Q1>>", "Hey <<Q2>>")
+    messages, switched = alpaca.build_messages(
+        text, "Say hi {output_1}", "Hello <<Q1>>", "Hey <<Q2>>"
+    )
     assert [m["role"] for m in messages] == ["system", "user"]
     first, second = ("Hey", "Hello") if switched else ("Hello", "Hey")
     user = messages[1]["content"]
@@ -155,7 +179,11 @@ def test_annotations_equal_alpaca_evals_pipeline(monkeypatch):
                 {
                     "logprobs": {
                         "content": [
-                            {"top_logprobs": [{"token": t, "logprob": v} for t, v in fake_logprobs(p).items()]}
+                            {
+                                "top_logprobs": [
+                                    {"token": t, "logprob": v} for t, v in fake_logprobs(p).items()
+                                ]
+                            }
                         ]
                     }
                 }
@@ -215,7 +243,14 @@ def test_annotations_round_trip(tmp_path):
     assert back[1:] == recs[1:]
     # alpaca_eval's reader takes the file as it takes its own
     df = pd.read_json(path)
-    assert {"instruction", "output_1", "generator_1", "output_2", "generator_2", "preference"} <= set(df)
+    assert {
+        "instruction",
+        "output_1",
+        "generator_1",
+        "output_2",
+        "generator_2",
+        "preference",
+    } <= set(df)
     (tmp_path / "bad.json").write_text(json.dumps([dict(recs[1], preference=7)]))
     with pytest.raises(InputError, match="preference 7"):
         alpaca.read_annotations(tmp_path / "bad.json")
@@ -262,7 +297,9 @@ def test_score_cli_equals_get_winrate(tmp_path, capsys):
         expected = get_winrate(pd.DataFrame(rows).astype({"preference": float}))
         for key in alpaca.METRIC_KEYS:
             assert abs(board.loc[name, key] - expected[key]) <= 1e-9, (name, key)
-        assert board.loc[name, "avg_length"] == int(pd.Series([r["output_2"] for r in rows]).str.len().mean())
+        assert board.loc[name, "avg_length"] == int(
+            pd.Series([r["output_2"] for r in rows]).str.len().mean()
+        )
         assert math.isnan(board.loc[name, "length_controlled_winrate"])
         assert board.loc[name, "length_controlled_note"].startswith("unavailable")
         assert board.loc[name, "baseline"] == "teacher"
@@ -303,6 +340,8 @@ def test_annotate_cli_end_to_end(tmp_path):
         assert all(b["logprobs"] and b["max_tokens"] == 1 for b in server.requests)
     recs = alpaca.read_annotations(out)
     expected = alpaca.annotate(StandInJudge(), alpaca.pair_outputs(ref, mod))
-    assert [r["preference"] for r in recs] == pytest.approx([r["preference"] for r in expected], abs=1e-12)
+    assert [r["preference"] for r in recs] == pytest.approx(
+        [r["preference"] for r in expected], abs=1e-12
+    )
     board = alpaca.leaderboard(recs)
     assert board.loc["student", "n_total"] == 12

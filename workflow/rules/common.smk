@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: config validation, settings as JSON, resources.
+# Helpers shared by every stage: config validation, settings as JSON, resource functions.
 import json
 
 from distill.config import validate_config
