@@ -9,15 +9,22 @@ the three daemons a cluster needs, all on this machine:
 * ``slurmd``    -- the compute-node daemon, which actually runs the jobs.
 
 Everything lives in one *work directory*: the config (``slurm.conf``), the MUNGE key, the
-daemons' state, spool and log files. Nothing is written to ``/etc``. Clients (``sbatch``,
-``squeue``, ``scontrol``, and therefore Snakemake's SLURM executor) find this cluster
-through the ``SLURM_CONF`` environment variable, see :meth:`Cluster.env`. The ports are
-picked free at start, so two such clusters (or a real ``slurmd`` with default ports) do
-not collide. The one exception to "everything in the work directory" is the MUNGE socket:
-``munged`` insists that every directory above its socket is world-searchable, which a
-pytest ``tmp_path`` (mode 0700) is not, and a UNIX socket path must be short, so the
-socket goes into a small private directory under ``/tmp`` that :meth:`Cluster.stop`
-removes.
+daemons' state, spool and log files. Two things live outside it, both removed by
+:meth:`Cluster.stop`:
+
+* ``/etc/slurm/slurm.conf``, a symlink to the work directory's config. Clients started by
+  us get ``SLURM_CONF`` (see :meth:`Cluster.env`), but inside each job Snakemake's
+  slurm-jobstep plugin (0.6.1) deletes every ``SLURM_*`` variable, ``SLURM_CONF``
+  included, before it calls ``srun``; that ``srun`` then only finds the default path.
+  So only one such cluster can run on a machine at a time. :func:`start` refuses to
+  replace a ``/etc/slurm/slurm.conf`` it did not write (a real cluster's) and refuses to
+  start while another cluster of ours is still running.
+* the MUNGE socket: ``munged`` insists that every directory above its socket is
+  world-searchable, which a pytest ``tmp_path`` (mode 0700) is not, and a UNIX socket
+  path must be short, so the socket goes into a small directory under ``/tmp``.
+
+The daemons use free ports picked at start, not SLURM's default 6817/6818, so a system
+``slurmctld`` that happens to be installed and running does not collide with ours.
 
 Python use::
 
@@ -71,6 +78,11 @@ REQUIRED_PROGRAMS = {
 PARTITION = "debug"
 #: Name of the single compute node; slurmd is told to be this node with ``-N``.
 NODE_NAME = "localhost"
+
+#: Where SLURM clients look for their config when ``SLURM_CONF`` is unset (see above).
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
+#: First line of every config we write; how we recognise our own files.
+MARKER = "# Written by tests/slurm_cluster.py"
 
 #: Seconds slurmctld keeps a finished job in memory, where ``squeue``/``scontrol`` see it.
 #: The SLURM executor plugin, when told to use ``squeue`` for status checks, falls back to
@@ -171,6 +183,65 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _read_pids(workdir: Path) -> dict[str, int]:
+    """The ``name pid`` lines of ``workdir/pids`` ({} if there is no such file)."""
+    pids = {}
+    try:
+        lines = (workdir / "pids").read_text().splitlines()
+    except OSError:
+        return pids
+    for line in lines:
+        if line.strip():
+            name, pid = line.split()
+            pids[name] = int(pid)
+    return pids
+
+
+def _runs_ours(pid: int, name: str, workdir: Path) -> bool:
+    """True if ``pid`` is alive and still the ``name`` daemon we started for ``workdir``.
+
+    Every daemon we start has a path inside its work directory on its command line
+    (config or key file), so a pid the kernel has since given to another program fails.
+    """
+    cmdline = _cmdline(pid)
+    return _alive(pid) and name in cmdline and str(workdir) in cmdline
+
+
+def _claim_system_conf(conf: Path) -> None:
+    """Point /etc/slurm/slurm.conf at ``conf`` (why: see the module docstring).
+
+    Refuses if that path holds a config we did not write, or one whose cluster still runs.
+    A leftover link of ours (its cluster stopped or its directory deleted) is replaced.
+    """
+    if SYSTEM_CONF.is_symlink() or SYSTEM_CONF.exists():
+        target = SYSTEM_CONF.resolve()
+        if target.exists():
+            first_line = target.read_text(errors="replace").partition("\n")[0]
+            if not first_line.startswith(MARKER):
+                raise ClusterError(
+                    f"{SYSTEM_CONF} exists and was not written by tests/slurm_cluster.py; "
+                    "refusing to replace a real SLURM configuration. Run the SLURM tests on "
+                    "a machine without one (or move it away)."
+                )
+            other = target.parent
+            if other != conf.parent and any(
+                _runs_ours(pid, name, other) for name, pid in _read_pids(other).items()
+            ):
+                raise ClusterError(
+                    f"another localhost SLURM cluster is running in {other}; stop it first: "
+                    f"python tests/slurm_cluster.py stop {other}"
+                )
+        SYSTEM_CONF.unlink()
+    SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    SYSTEM_CONF.symlink_to(conf)
+
+
+def _release_system_conf(conf: Path) -> None:
+    """Remove /etc/slurm/slurm.conf if it is our link to ``conf`` (and nothing else)."""
+    if SYSTEM_CONF.is_symlink() and Path(os.readlink(SYSTEM_CONF)) == conf:
+        SYSTEM_CONF.unlink()
+
+
 @dataclass
 class Cluster:
     """A running localhost cluster. Create it with :func:`start`, end it with :meth:`stop`."""
@@ -208,7 +279,7 @@ class Cluster:
         """The last lines of every daemon log: the first thing to read when it breaks."""
         return "\n".join(
             _tail(self.workdir / name, lines)
-            for name in ("munged.log", "slurmctld.log", "slurmd.log")
+            for name in ("munged.out", "slurmctld.log", "slurmd.log")
         )
 
     def node_state(self) -> str:
@@ -244,6 +315,7 @@ class Cluster:
         self.pids.clear()
         _write_pids(self.workdir, self.pids)
         shutil.rmtree(self.munge_socket_dir, ignore_errors=True)
+        _release_system_conf(self.conf)
 
     def _stop_one(self, name: str, pid: int, timeout: float) -> None:
         proc = self._procs.pop(name, None)
@@ -251,12 +323,10 @@ class Cluster:
             if proc is not None:
                 proc.wait()
             return
-        cmdline = _cmdline(pid)
-        if name not in cmdline or (
-            str(self.workdir) not in cmdline and str(self.munge_socket_dir) not in cmdline
-        ):
+        if not _runs_ours(pid, name, self.workdir):
             print(
-                f"slurm_cluster: pid {pid} no longer runs our {name} ({cmdline!r}); left alone",
+                f"slurm_cluster: pid {pid} no longer runs our {name} "
+                f"({_cmdline(pid)!r}); left alone",
                 file=sys.stderr,
             )
             return
@@ -286,7 +356,7 @@ def _write_config(workdir: Path, socket_dir: Path) -> Path:
     conf = workdir / "slurm.conf"
     conf.write_text(
         f"""\
-# Written by tests/slurm_cluster.py: a one-node test cluster on localhost.
+{MARKER}: a one-node test cluster on localhost.
 ClusterName=localtest
 SlurmctldHost={NODE_NAME}(127.0.0.1)
 SlurmctldPort={_free_port()}
@@ -323,6 +393,8 @@ MpiDefault=none
 SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU_Memory
+# A job that names no memory gets this much per CPU, not the whole node.
+DefMemPerCPU=1000
 
 # Timeouts short enough for tests, long enough for a slow CI machine.
 MinJobAge={MIN_JOB_AGE}
@@ -348,7 +420,7 @@ def _spawn(cluster: Cluster, name: str, argv: list[str]) -> None:
     parent that forks and exits. A new session keeps the daemon alive after the starting
     Python process exits (shell use) and away from the terminal's Ctrl-C.
     """
-    log = open(cluster.workdir / f"{name}.out", "ab")  # noqa: SIM115 - the child owns it
+    log = open(cluster.workdir / f"{name}.out", "ab")  # the child keeps its own copy
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -399,6 +471,11 @@ def start(workdir: str | os.PathLike, timeout: float = 30.0) -> Cluster:
     socket_dir = Path(tempfile.mkdtemp(prefix="munge-", dir="/tmp"))
     socket_dir.chmod(0o755)
     conf = _write_config(workdir, socket_dir)
+    try:
+        _claim_system_conf(conf)
+    except (ClusterError, OSError):
+        shutil.rmtree(socket_dir, ignore_errors=True)
+        raise
     cluster = Cluster(workdir=workdir, conf=conf, munge_socket_dir=socket_dir)
     (workdir / "cluster.json").write_text(
         json.dumps({"conf": str(conf), "munge_socket_dir": str(socket_dir)}, indent=2) + "\n"
@@ -415,7 +492,6 @@ def start(workdir: str | os.PathLike, timeout: float = 30.0) -> Cluster:
                 "--foreground",
                 f"--socket={munge_socket}",
                 f"--key-file={workdir / 'munge.key'}",
-                f"--log-file={workdir / 'munged.log'}",
                 f"--pid-file={workdir / 'munged.pid'}",
                 f"--seed-file={workdir / 'munged.seed'}",
             ],
@@ -431,7 +507,7 @@ def start(workdir: str | os.PathLike, timeout: float = 30.0) -> Cluster:
         state = ""
         try:
             state = f"node state: {cluster.node_state()!r}\n"
-        except Exception:  # noqa: BLE001 - diagnostics only
+        except Exception:  # diagnostics only: never mask the real error
             pass
         tails = (
             cluster.log_tails()
@@ -449,18 +525,11 @@ def attach(workdir: str | os.PathLike) -> Cluster:
     """The cluster a ``start DIR`` (possibly in another process) left in ``workdir``."""
     workdir = Path(workdir).resolve()
     info = json.loads((workdir / "cluster.json").read_text())
-    pids = {}
-    pid_file = workdir / "pids"
-    if pid_file.exists():
-        for line in pid_file.read_text().splitlines():
-            if line.strip():
-                name, pid = line.split()
-                pids[name] = int(pid)
     return Cluster(
         workdir=workdir,
         conf=Path(info["conf"]),
         munge_socket_dir=Path(info["munge_socket_dir"]),
-        pids=pids,
+        pids=_read_pids(workdir),
     )
 
 

@@ -256,7 +256,7 @@ def test_annotations_round_trip(tmp_path):
         alpaca.read_annotations(tmp_path / "bad.json")
 
 
-# --- leaderboard -----------------------------------------------------------------------------------
+# --- leaderboard -------------------------------------------------------------------------------
 
 
 def annotations_for(generator: str, n: int, seed: int) -> list[dict]:
@@ -336,7 +336,7 @@ def test_annotate_cli_end_to_end(tmp_path):
         argv += ["--reference-outputs", str(tmp_path / "ref.json"), "--judge-config", str(cfg)]
         alpaca.main([*argv, "--out", str(out)])
         n = server.n_requests
-        assert n == 10  # 12 pairs, 2 identical
+        assert n == 11  # 12 pairs, 1 identical
         assert all(b["logprobs"] and b["max_tokens"] == 1 for b in server.requests)
     recs = alpaca.read_annotations(out)
     expected = alpaca.annotate(StandInJudge(), alpaca.pair_outputs(ref, mod))

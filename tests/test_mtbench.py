@@ -401,9 +401,12 @@ def fastchat_show_result(tmp_dir: Path):
         pass
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     cmd += ["--disable-pip-version-check", "fschat==0.2.36", "-d", str(tmp_dir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    try:
+        ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120).returncode == 0
+    except subprocess.TimeoutExpired:
+        ok = False
     wheels = list(tmp_dir.glob("fschat-0.2.36-*.whl"))
-    if proc.returncode != 0 or not wheels:
+    if not ok or not wheels:
         pytest.skip("PyPI unreachable: cannot fetch fschat==0.2.36 to run FastChat's show_result")
     src = tmp_dir / "show_result.py"
     with zipfile.ZipFile(wheels[0]) as z:

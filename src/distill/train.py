@@ -28,7 +28,9 @@ import csv
 import io
 import json
 import math
+import os
 import random
+import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -47,6 +49,8 @@ from distill.io import InputError, atomic_dir, atomic_path, main_guard, read_exa
 from distill.objectives import build_objective, needs_attentions
 
 CHECKPOINT = "checkpoint.pt"
+# Tests set DISTILL_KILL_AFTER_STEP to SIGKILL the run right after that step (resume tests).
+KILL_AFTER_STEP = int(os.environ.get("DISTILL_KILL_AFTER_STEP", "-1"))
 
 
 class EpochSampler:
@@ -324,6 +328,8 @@ def main() -> None:
                 with atomic_path(ckpt_path) as tmp:
                     torch.save(state, tmp)
             accelerator.wait_for_everyone()
+        if step == KILL_AFTER_STEP:  # fault injection for the resume tests: a real SIGKILL
+            os.kill(os.getpid(), signal.SIGKILL)
     progress.close()
 
     # --- export: the model, its log and held-out metrics, atomically ---------------------------

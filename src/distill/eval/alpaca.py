@@ -174,6 +174,11 @@ def pair_outputs(reference: Sequence[Mapping], model: Sequence[Mapping]) -> list
     Keeps the reference's order; instructions the model has no output for are left out (with a
     warning), as alpaca_eval's inner merge does.
     """
+    seen = set()
+    for i, r in enumerate(reference):
+        if r["instruction"] in seen:
+            raise InputError(f"reference outputs: instruction #{i} appears twice. Fix: one each.")
+        seen.add(r["instruction"])
     by_instruction = {}
     for i, m in enumerate(model):
         if m["instruction"] in by_instruction:
@@ -304,41 +309,38 @@ def read_annotations(path: str | os.PathLike) -> list[dict]:
 
 
 def _length_controlled(group: pd.DataFrame) -> tuple[float, float, str]:
-    """(length_controlled_winrate, lc_standard_error, note); NaN + the reason when unavailable."""
+    """(length_controlled_winrate, lc_standard_error, note); NaN + the reasons when unavailable.
+
+    Never downloads: alpaca_eval's GLM needs df_gamed.csv from the hub, used only when it is
+    already in the local hub cache, and the 805-instruction "index" column of its annotations.
+    """
     nan = math.nan
-    if "index" not in group.columns:
-        return (
-            nan,
-            nan,
-            (
-                "unavailable: needs alpaca_eval's 805-instruction 'index' column (its GLM uses "
-                "per-instruction difficulty)"
-            ),
-        )
+    ae = _alpaca_eval()
+    missing = []
     try:
         from huggingface_hub import hf_hub_download
 
-        ae = _alpaca_eval()
         hf_hub_download(
             repo_id="tatsu-lab/alpaca_eval",
             filename="df_gamed.csv",
             repo_type="dataset",
             cache_dir=ae.constants.DEFAULT_CACHE_DIR,
-            local_files_only=True,  # never a download from here: offline or it is unavailable
+            local_files_only=True,  # offline or unavailable
         )
     except Exception:  # not in the local hub cache (or no hub client)
-        return nan, nan, "unavailable: alpaca_eval's df_gamed.csv is not in the local hub cache"
+        missing.append("alpaca_eval's df_gamed.csv is not in the local hub cache (a download)")
+    if "index" not in group.columns:
+        missing.append("the annotations have no alpaca_eval 'index' (instruction number) column")
+    if missing:
+        return nan, nan, "unavailable: " + "; ".join(missing)
     try:
         m = ae.metrics.get_length_controlled_winrate(
             group.copy(), save_weights_dir=None, is_warn_extreme_changes=False
         )
     except Exception as e:  # the GLM fit can fail on odd inputs; report, never invent
         return nan, nan, f"unavailable: alpaca_eval's GLM failed ({type(e).__name__}: {e})"
-    return (
-        m["length_controlled_winrate"],
-        m["lc_standard_error"],
-        "alpaca_eval length_controlled_v1",
-    )
+    lc, lc_se = m["length_controlled_winrate"], m["lc_standard_error"]
+    return lc, lc_se, "alpaca_eval length_controlled_v1"
 
 
 def leaderboard(annotations: Sequence[Mapping] | pd.DataFrame) -> pd.DataFrame:

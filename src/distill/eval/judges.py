@@ -289,6 +289,9 @@ class OpenAIJudge:
         self.backoff_max_s = backoff_max_s
         self.top_logprobs = top_logprobs
         self.cache = JudgeCache(cache_path)
+        # The HTTP client logs every request at INFO; thousands of lines would bury the warnings.
+        for name in ("httpx", "httpx2"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         # Retries are ours (counted, jittered, stoppable), so the client's own are off.
         self._client = openai.OpenAI(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
@@ -454,6 +457,12 @@ class OpenAIJudge:
             "max_retries / timeout_s in the judge config.",
             self._kept_note(),
         )
+
+
+# --- the in-process transformers judge ----------------------------------------------------------
+# PLACE FOR `TransformersJudge` (written separately): `name`, `complete`, `choice_logprobs` as in
+# `Judge`, optionally `map`; `judge_from_config` builds it for `kind: transformers`.
+# -------------------------------------------------------------------------------------------------
 
 
 class _Stopped(JudgeUnavailableError):

