@@ -12,6 +12,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/sft.smk"
+include: "workflow/rules/kd.smk"
 include: "workflow/rules/plots.smk"
 
 

@@ -10,7 +10,9 @@ except InputError as error:
     raise WorkflowError(str(error)) from None
 
 # Every figure the workflow makes; `rule all` asks for these.
-FIGURES = [f"results/figures/{name}.png" for name in ["sft_loss"]]
+FIGURES = [f"results/figures/{name}.png" for name in ["sft_loss", "training_curves"]]
+# The student runs whose curves join the training-curves figure: label -> model directory.
+TRAINING_RUNS = {"sft": "results/models/student_sft", "kd": "results/models/student_kd"}
 SPLITS = ["train", "valid", "test"]
 PRECISION = config["precision"]
 ENV = "../../envs/distill.yaml"  # the conda environment of every rule (--sdm conda)
@@ -30,3 +32,23 @@ def train_settings(stage):
 def runtime_min(base):
     """A resource function: `base` minutes, doubled on each retry (a job past its limit)."""
     return lambda wildcards, attempt: base * 2 ** (attempt - 1)
+
+
+KD_KEYS = ["lam", "divergence", "beta", "alpha", "temperature", "scale_by_t2", "w_attn"]
+KD_KEYS += ["layer_map", "w_hid", "hidden_kind", "teacher_source"]
+
+
+def kd_inputs(wildcards):
+    """The teacher directory, and the cache when KD reads the teacher from it."""
+    inputs = {"teacher": "results/models/teacher"}
+    if config["kd"]["teacher_source"] == "cache":
+        inputs["cache"] = "results/cache/teacher"
+    return inputs
+
+
+def kd_objective_settings(wildcards, input):
+    """The `kd:` config as the KD objective's settings, with the teacher/cache paths."""
+    settings = {k: config["kd"][k] for k in KD_KEYS}
+    settings["teacher"] = input.teacher
+    settings["cache"] = input.get("cache")
+    return as_json(settings)

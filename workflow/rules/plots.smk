@@ -18,3 +18,24 @@ rule sft_loss_figure:
     shell:
         "python -m distill.plots.training_curves --runs sft={input}/train_log.csv "
         "--title 'SFT baseline' --out {output.png} > {log} 2>&1"
+
+
+rule training_curves_figure:
+    input:
+        list(TRAINING_RUNS.values()),
+    output:
+        png=report(
+            "results/figures/training_curves.png",
+            caption="../report/training_curves.rst",
+            category="Training",
+        ),
+        pdf="results/figures/training_curves.pdf",
+    log:
+        "results/logs/figures/training_curves.log",
+    conda:
+        ENV
+    params:
+        runs=[f"{label}={path}/train_log.csv" for label, path in TRAINING_RUNS.items()],
+    shell:
+        "python -m distill.plots.training_curves --runs {params.runs} "
+        "--title 'Students from the same init' --out {output.png} > {log} 2>&1"

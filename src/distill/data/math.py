@@ -22,13 +22,17 @@ question lands in is its first place in a deterministic stream (the test set sta
 only --n-train or --n-valid change). With --test-difficulty the test split has its own stream and
 the train/valid stream skips its questions.
 
-Determinism (same arguments -> same bytes). The package draws from `random` and `np.random`, and
-some modules iterate over sets of strings (free-variable letters), whose order follows Python's
-string hashing, i.e. PYTHONHASHSEED, which is read only at interpreter start. So `generate()`
-always runs the sampling in a child interpreter (`python -m distill.data.math --worker`) started
-with PYTHONHASHSEED fixed from the seed; inside it `random` and `np.random` are re-seeded from
-(seed, regime, module) before each module, so adding or reordering modules leaves every other
-module's rows unchanged. The child's stdout carries the rows back as JSON.
+Determinism (same arguments -> same bytes, whatever the caller's PYTHONHASHSEED or --jobs).
+The package draws from `random`, `np.random` and (through sympy.randprime) sympy's own generator;
+and about half its modules pick variable letters from sets of strings, whose order follows
+Python's string hashing, i.e. PYTHONHASHSEED, which is read only at interpreter start. So
+`generate()` never samples in the calling interpreter: it starts one child interpreter per module
+(`python -m distill.data.math --worker`, up to `jobs` at once) with PYTHONHASHSEED set to a value
+derived from the seed, which re-seeds all three generators from (seed, regime, module) and hands
+its rows back as JSON on stdout. Adding, removing or reordering modules leaves each module's rows
+unchanged (the rows are concatenated in the order the modules are named). The last source of
+run-to-run change, a set of objects hashed by memory address in the package, is mended (see
+`_mend_mathematics_dataset`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -54,8 +59,8 @@ log = logging.getLogger("distill.data.math")
 SPLITS = ("train", "valid", "test")
 # The package's regimes (generate.init_modules(train_split=True)).
 DIFFICULTIES = ("train-easy", "train-medium", "train-hard", "interpolate", "extrapolate")
-# A module whose question space runs out is stopped after this many draws per wanted question.
-_MAX_DRAWS_PER_ROW = 50
+# A module whose question space runs out (fewer than 1% new questions in a window of draws) stops.
+_WINDOW = 10_000
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,22 +194,22 @@ def _check_names(modules: list[str], regimes: dict[str, list[str]]) -> None:
 def _draw(module_fn: Any, sample: Any, seen: set[str], count: int, what: str) -> list:
     """Draw `count` questions not in `seen` (adding them), as (question, answer) pairs."""
     out: list[tuple[str, str]] = []
-    draws = 0
-    limit = _MAX_DRAWS_PER_ROW * count + 1000
+    draws = new_at_window_start = 0
     while len(out) < count:
-        if draws >= limit:
-            raise InputError(
-                f"{what}: only {len(out)} new distinct questions in {draws} draws, {count} wanted; "
-                "its question space at this difficulty is too small. Fix: lower --n-* for it or "
-                "use a harder --difficulty."
-            )
+        problem, _ = sample(module_fn)  # (it already drops over-long questions/answers)
         draws += 1
-        problem, _ = sample(module_fn)
         question = str(problem.question)
-        if question in seen:
-            continue
-        seen.add(question)
-        out.append((question, str(problem.answer)))
+        if question not in seen:
+            seen.add(question)
+            out.append((question, str(problem.answer)))
+        if draws % _WINDOW == 0:
+            if len(out) - new_at_window_start < _WINDOW // 100:
+                raise InputError(
+                    f"{what}: only {len(out) - new_at_window_start} new distinct questions in "
+                    f"the last {_WINDOW} draws ({len(out)} of {count} wanted); its question space "
+                    "is used up. Fix: ask for fewer rows of it or use a harder --difficulty."
+                )
+            new_at_window_start = len(out)
     return out
 
 
@@ -224,6 +229,14 @@ def _seed_rngs(seed: int, regime: str, module: str) -> None:
     sympy.core.random.seed(_derived_seed("sympy", seed, regime, module, bits=64))
 
 
+def _regimes(difficulty: str, n: dict[str, int], test_difficulty: str | None) -> list[str]:
+    """The regimes a request samples from: `difficulty`, and the test one if it differs."""
+    regimes = [difficulty] if n.get("train", 0) + n.get("valid", 0) > 0 else []
+    if n.get("test", 0) > 0:
+        regimes.append(test_difficulty or difficulty)
+    return list(dict.fromkeys(regimes)) or [difficulty]
+
+
 def _generate_here(
     modules: list[str],
     difficulty: str,
@@ -231,47 +244,54 @@ def _generate_here(
     seed: int,
     test_difficulty: str | None = None,
 ) -> dict[str, list[dict]]:
-    """Sample in this interpreter (its PYTHONHASHSEED is whatever it started with)."""
+    """Sample in this interpreter, whose PYTHONHASHSEED is whatever it started with."""
     generate = _load_generate()
     test_regime = test_difficulty or difficulty
-    regimes = {r: list(generate.filtered_modules[r]) for r in dict.fromkeys([difficulty])}
-    if n.get("test", 0) > 0:
-        regimes[test_regime] = list(generate.filtered_modules[test_regime])
-    _check_names(modules, regimes)
-
+    _check_names(
+        modules,
+        {r: list(generate.filtered_modules[r]) for r in _regimes(difficulty, n, test_difficulty)},
+    )
     out: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for module in modules:
         t0 = time.perf_counter()
         seen: set[str] = set()
-        fn = generate.filtered_modules[difficulty][module]
         drawn: dict[str, list] = {}
         if test_regime != difficulty and n.get("test", 0) > 0:
             _seed_rngs(seed, test_regime, module)
-            test_fn = generate.filtered_modules[test_regime][module]
-            what = f"{module} ({test_regime})"
-            drawn["test"] = _draw(test_fn, generate.sample_from_module, seen, n["test"], what)
+            drawn["test"] = _draw(
+                generate.filtered_modules[test_regime][module],
+                generate.sample_from_module,
+                seen,
+                n["test"],
+                f"{module} ({test_regime})",
+            )
         _seed_rngs(seed, difficulty, module)
-        for split in ("test", "valid", "train"):
+        for split in ("test", "valid", "train"):  # test first: it stays put when n_train changes
             if split not in drawn:
-                what = f"{module} ({difficulty})"
-                drawn[split] = _draw(fn, generate.sample_from_module, seen, n.get(split, 0), what)
+                drawn[split] = _draw(
+                    generate.filtered_modules[difficulty].get(module),
+                    generate.sample_from_module,
+                    seen,
+                    n.get(split, 0),
+                    f"{module} ({difficulty})",
+                )
         family = module.split("__", 1)[0]
         for split in SPLITS:
-            for i, (question, answer) in enumerate(drawn[split]):
-                out[split].append(
-                    {
-                        "id": f"{module}-{split}-{i}",
-                        "domain": family,
-                        "module": module,
-                        "messages": [
-                            {"role": "user", "content": question},
-                            {"role": "assistant", "content": answer},
-                        ],
-                        "answer": answer,
-                    }
-                )
-        total = sum(len(v) for v in drawn.values())
+            out[split].extend(
+                {
+                    "id": f"{module}-{split}-{i}",
+                    "domain": family,
+                    "module": module,
+                    "messages": [
+                        {"role": "user", "content": question},
+                        {"role": "assistant", "content": answer},
+                    ],
+                    "answer": answer,
+                }
+                for i, (question, answer) in enumerate(drawn[split])
+            )
         seconds = time.perf_counter() - t0
+        total = sum(len(rows) for rows in drawn.values())
         log.info(
             "%s: %s in %.2f s (%.0f examples/s)",
             module,
@@ -283,16 +303,28 @@ def _generate_here(
 
 
 def _worker() -> None:
-    """Child side of `generate()`: JSON spec on stdin -> {"rows"} or {"error"} JSON on stdout."""
+    """Child side of `generate()`: a JSON request on stdin, a JSON answer on stdout.
+
+    The answer is {"rows": {split: [...]}}, or {"error": message} for an InputError, or
+    {"valid": {regime: [names]}} when a module name is unknown (the parent then names every
+    unknown module of the request at once).
+    """
     setup_logging()
     spec = json.load(sys.stdin)
     if os.environ.get("PYTHONHASHSEED") != hash_seed(spec["seed"]):
-        raise RuntimeError("the worker must be started by generate() with its PYTHONHASHSEED")
-    try:
-        result: dict[str, Any] = {"rows": _generate_here(**spec)}
-    except InputError as e:
-        result = {"error": str(e)}
-    json.dump(result, sys.stdout, ensure_ascii=False)
+        raise RuntimeError("the worker must be started by generate(), which sets PYTHONHASHSEED")
+    generate = _load_generate()
+    regimes = _regimes(spec["difficulty"], spec["n"], spec["test_difficulty"])
+    valid = {r: list(generate.filtered_modules[r]) for r in regimes}
+    result: dict[str, Any]
+    if any(m not in valid[r] for r in regimes for m in spec["modules"]):
+        result = {"valid": valid}
+    else:
+        try:
+            result = {"rows": _generate_here(**spec)}
+        except InputError as e:
+            result = {"error": str(e)}
+    json.dump(result, sys.stdout)  # ASCII JSON: no dependence on the child's locale
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,48 +337,65 @@ def generate(
     n: dict[str, int],
     seed: int,
     test_difficulty: str | None = None,
+    jobs: int = 1,
 ) -> dict[str, list[dict]]:
-    """Sample `n[split]` rows per module for each split in ("train", "valid", "test").
+    """Sample `n[split]` rows per module for each split of ("train", "valid", "test").
 
-    Runs in a child interpreter with PYTHONHASHSEED derived from `seed`, so the result depends
-    only on the arguments (see the module docstring). Raises InputError for bad arguments.
+    `modules`: package names such as "algebra__linear_1d"; `difficulty`: one of DIFFICULTIES,
+    for all splits, or all but test when `test_difficulty` is given. Each module is sampled in
+    its own child interpreter (at most `jobs` at once) whose PYTHONHASHSEED derives from `seed`,
+    so the result depends only on the arguments (not on `jobs`). Rows come module by module in
+    the order given. Raises InputError for bad arguments, naming close matches of an unknown
+    module.
     """
-    if difficulty not in DIFFICULTIES:
-        raise InputError(f"unknown difficulty {difficulty!r}. Fix: use one of {DIFFICULTIES}.")
-    if test_difficulty is not None and test_difficulty not in DIFFICULTIES:
-        raise InputError(
-            f"unknown test difficulty {test_difficulty!r}. Fix: use one of {DIFFICULTIES}."
-        )
-    if not modules:
-        raise InputError("no modules given. Fix: name at least one, e.g. algebra__linear_1d.")
+    for name, value in (("difficulty", difficulty), ("test difficulty", test_difficulty)):
+        if value is not None and value not in DIFFICULTIES:
+            raise InputError(
+                f"unknown {name} {value!r}. Fix: use one of {', '.join(DIFFICULTIES)}."
+            )
+    if isinstance(modules, str) or not modules:
+        raise InputError("modules must be a non-empty list of names, e.g. ['algebra__linear_1d'].")
     if len(set(modules)) != len(modules):
         raise InputError(f"a module is named twice in {modules}. Fix: name each once.")
-    if set(n) - set(SPLITS) or any(not isinstance(v, int) or v < 0 for v in n.values()):
+    if set(n) - set(SPLITS) or any(
+        isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in n.values()
+    ):
         raise InputError(f"n must map splits {SPLITS} to counts >= 0, got {n}.")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed must be an integer, got {seed!r}.")
-    spec = {
-        "modules": list(modules),
-        "difficulty": difficulty,
-        "n": {split: int(n.get(split, 0)) for split in SPLITS},
-        "seed": seed,
-        "test_difficulty": test_difficulty,
-    }
     env = {**os.environ, "PYTHONHASHSEED": hash_seed(seed)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "distill.data.math", "--worker"],
-        input=json.dumps(spec),
-        stdout=subprocess.PIPE,
-        env=env,
-        text=True,
-        encoding="utf-8",
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"math data worker failed (exit {proc.returncode}); see its log above")
-    result = json.loads(proc.stdout)
-    if "error" in result:
-        raise InputError(result["error"])
-    return result["rows"]
+    counts = {split: n.get(split, 0) for split in SPLITS}
+
+    def run_worker(module: str) -> dict[str, Any]:
+        spec = {
+            "modules": [module],
+            "difficulty": difficulty,
+            "n": counts,
+            "seed": seed,
+            "test_difficulty": test_difficulty,
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "distill.data.math", "--worker"],
+            input=json.dumps(spec),
+            stdout=subprocess.PIPE,  # stderr (its log, or a traceback) goes to ours
+            env=env,
+            encoding="utf-8",
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"the worker for {module} failed (exit {proc.returncode}); see above"
+            )
+        return json.loads(proc.stdout)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        results = list(pool.map(run_worker, modules))
+    for result in results:
+        if "valid" in result:
+            _check_names(modules, result["valid"])  # raises, naming all unknown modules
+    for result in results:
+        if "error" in result:
+            raise InputError(result["error"])
+    return {split: [row for r in results for row in r["rows"][split]] for split in SPLITS}
 
 
 def list_modules(difficulty: str = "train-easy") -> list[str]:
@@ -402,17 +451,20 @@ def main(argv: list[str] | None = None) -> None:
         return _worker()
     parser = argparse.ArgumentParser(
         prog="python -m distill.data.math",
-        description="Write train/valid/test jsonl of mathematics_dataset questions.",
+        description="Write train/valid/test jsonl of mathematics_dataset questions and answers.",
     )
     parser.add_argument("--modules", nargs="+", help="package module names, e.g. numbers__gcd")
     parser.add_argument("--difficulty", default="train-easy", choices=DIFFICULTIES)
-    parser.add_argument("--test-difficulty", choices=DIFFICULTIES, default=None)
+    parser.add_argument(
+        "--test-difficulty", choices=DIFFICULTIES, help="regime of the test split (default: same)"
+    )
     parser.add_argument("--n-train", type=int, default=1000, help="rows per module")
     parser.add_argument("--n-valid", type=int, default=100, help="rows per module")
     parser.add_argument("--n-test", type=int, default=100, help="rows per module")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path)
-    parser.add_argument("--list", action="store_true", help="print module names and exit")
+    parser.add_argument("--jobs", type=int, default=1, help="modules sampled at once")
+    parser.add_argument("--list", action="store_true", help="print the module names and exit")
     args = parser.parse_args(argv)
     setup_logging()
     if args.list:
@@ -422,18 +474,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--modules and --out-dir are required (or use --list)")
     n = {"train": args.n_train, "valid": args.n_valid, "test": args.n_test}
     t0 = time.perf_counter()
-    rows = generate(args.modules, args.difficulty, n, args.seed, args.test_difficulty)
+    rows = generate(args.modules, args.difficulty, n, args.seed, args.test_difficulty, args.jobs)
     for split in SPLITS:
         write_jsonl(args.out_dir / f"{split}.jsonl", rows[split])
     log.info(
-        "wrote %s to %s in %.1f s (seed %d, %s, PYTHONHASHSEED %s)",
+        "wrote %s rows to %s in %.1f s (seed %d, difficulty %s%s, PYTHONHASHSEED %s)",
         ", ".join(f"{len(rows[s])} {s}" for s in SPLITS),
         args.out_dir,
         time.perf_counter() - t0,
         args.seed,
-        args.difficulty
-        if not args.test_difficulty
-        else f"{args.difficulty}/test {args.test_difficulty}",
+        args.difficulty,
+        f", test {args.test_difficulty}" if args.test_difficulty else "",
         hash_seed(args.seed),
     )
     return None

@@ -21,6 +21,7 @@ from distill.io import InputError
 
 OBJECTIVES = {
     "sft": "distill.objectives.sft:SFT",
+    "kd": "distill.objectives.kd:KD",
 }
 
 

@@ -1,0 +1,54 @@
+"""Teachers behind one interface: per-token log-probabilities of a batch, nothing more.
+
+Every objective that learns from a teacher (KD, DAE, DDK, the λ' feedback) asks a `Teacher` for
+its distribution over the next token at each row of a batch (row j predicts token j+1, see
+distill.batching). A teacher returns either full logits (B,T,V) or a `TopKTeacher` (top-k
+log-probs + indices + leftover mass), so a teacher behind an API that only returns top-k
+log-probs fits the same interface as a local model or the on-disk cache.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from distill.losses import TopKTeacher
+
+
+class Teacher(Protocol):
+    name: str
+
+    def distribution(self, batch: dict) -> torch.Tensor | TopKTeacher:
+        """The teacher's next-token distribution for every row of `batch` (B,T,·)."""
+        ...
+
+
+class LocalTeacher:
+    """A transformers model run in-process, frozen, in the training precision.
+
+    `flops_per_token` = 2·N (one forward pass) is what the loop adds to the compute axis.
+    """
+
+    def __init__(self, model_dir: str, device, dtype=torch.float32, attentions: bool = False):
+        from transformers import AutoModelForCausalLM
+
+        self.name = str(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, attn_implementation="eager" if attentions else "sdpa"
+        ).to(device)
+        self.model.eval().requires_grad_(False)
+        self.flops_per_token = 2.0 * sum(p.numel() for p in self.model.parameters())
+
+    @torch.no_grad()
+    def forward(self, batch: dict, attentions: bool = False, hidden: bool = False):
+        """The model's full output (logits, and attentions/hidden states when asked)."""
+        return self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_attentions=attentions,
+            output_hidden_states=hidden,
+        )
+
+    def distribution(self, batch: dict) -> torch.Tensor:
+        return self.forward(batch).logits

@@ -1,0 +1,65 @@
+# KD-DAE stage 1: the teacher cache, then knowledge distillation into the student.
+
+
+rule teacher_cache:
+    input:
+        teacher="results/models/teacher",
+        student="results/models/student_init",
+        data="results/data/instructions/train.jsonl",
+        heldout="results/data/instructions/valid.jsonl",
+    output:
+        directory("results/cache/teacher"),
+    log:
+        "results/logs/cache/teacher.log",
+    benchmark:
+        "results/benchmarks/cache/teacher.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=12000,
+        runtime=runtime_min(60),
+        gpu=GPUS,
+    params:
+        cache=config["kd"]["cache"],
+        temperature=config["kd"]["temperature"],
+        max_len=config["train"]["max_len"],
+        precision=PRECISION,
+    shell:
+        "python -m distill.teacher_cache --teacher {input.teacher} --data {input.data} "
+        "--k {params.cache[k]} --temperature {params.temperature} --max-len {params.max_len} "
+        "--batch-size {params.cache[batch_size]} --shard-examples {params.cache[shard_examples]} "
+        "--error-examples {params.cache[error_examples]} --student {input.student} "
+        "--heldout {input.heldout} --precision {params.precision} --out {output} > {log} 2>&1"
+
+
+rule train_kd:
+    input:
+        unpack(kd_inputs),
+        student="results/models/student_init",
+        train="results/data/instructions/train.jsonl",
+        valid="results/data/instructions/valid.jsonl",
+    output:
+        directory("results/models/student_kd"),
+    log:
+        "results/logs/train/student_kd.log",
+    benchmark:
+        "results/benchmarks/train/student_kd.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=runtime_min(120),
+        gpu=GPUS,
+    params:
+        settings=train_settings("kd"),
+        objective=kd_objective_settings,
+        seed=config["seed"],
+        precision=PRECISION,
+    shell:
+        "python -m distill.train --objective kd --student {input.student} "
+        "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
+        "--objective-settings {params.objective:q} --seed {params.seed} "
+        "--precision {params.precision} "
+        "--ckpt-dir results/checkpoints/student_kd --out {output} > {log} 2>&1"
