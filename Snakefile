@@ -13,6 +13,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/sft.smk"
 include: "workflow/rules/kd.smk"
+include: "workflow/rules/dae.smk"
+include: "workflow/rules/ddk.smk"
 include: "workflow/rules/plots.smk"
 
 

@@ -136,12 +136,13 @@ def write_log(path: Path, rows: list[dict]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model, examples, settings, pad_id, accelerator) -> dict:
-    """Held-out token-mean cross-entropy, overall and per domain (first `eval_batches` batches)."""
+def evaluate(model, examples, batch_size, pad_id, accelerator, max_batches=None) -> dict:
+    """Held-out token-mean cross-entropy, overall and per domain (first `max_batches` batches)."""
     model.eval()
-    size = settings["batch_size"]
+    size = batch_size
+    limit = len(examples) if max_batches is None else min(len(examples), size * max_batches)
     totals: dict[str, list[float]] = {}
-    for start in range(0, min(len(examples), size * settings["eval_batches"]), size):
+    for start in range(0, limit, size):
         chunk = examples[start : start + size]
         batch = {k: v.to(accelerator.device) for k, v in collate(chunk, pad_id).items()}
         with accelerator.autocast():
@@ -215,6 +216,8 @@ def main() -> None:
         tokenizer=tokenizer,
         accelerator=accelerator,
         seed=args.seed,
+        train_path=args.train,
+        max_len=settings["max_len"],
     )
     sampler = objective.sampler or EpochSampler(len(train_examples), args.seed)
     params = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters())
@@ -305,9 +308,10 @@ def main() -> None:
             row.update(reduced)
             row.update(step_logs)
             if step % settings["eval_every"] == 0 or step == settings["steps"]:
-                row["valid_ce"] = evaluate(model, valid_examples, settings, pad_id, accelerator)[
-                    "all"
-                ]
+                row["valid_ce"] = evaluate(
+                    model, valid_examples, settings["batch_size"], pad_id, accelerator,
+                    max_batches=settings["eval_batches"],
+                )["all"]  # fmt: skip
             rows.append(row)
             progress.set_postfix(loss=f"{reduced['loss']:.4f}")
             if accelerator.is_main_process:
@@ -333,7 +337,7 @@ def main() -> None:
     progress.close()
 
     # --- export: the model, its log and held-out metrics, atomically ---------------------------
-    metrics = evaluate(model, valid_examples, settings, pad_id, accelerator)
+    metrics = evaluate(model, valid_examples, settings["batch_size"], pad_id, accelerator)
     if accelerator.is_main_process:
         summary = {
             "objective": args.objective,

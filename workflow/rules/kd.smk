@@ -3,16 +3,19 @@
 
 rule teacher_cache:
     input:
-        teacher="results/models/teacher",
+        teacher="results/models/{teacher}",
         student="results/models/student_init",
-        data="results/data/instructions/train.jsonl",
-        heldout="results/data/instructions/valid.jsonl",
+        data="results/data/{dataset}/train.jsonl",
+        heldout="results/data/{dataset}/valid.jsonl",
     output:
-        directory("results/cache/teacher"),
+        directory("results/cache/{teacher}/{dataset}"),
     log:
-        "results/logs/cache/teacher.log",
+        "results/logs/cache/{teacher}_{dataset}.log",
     benchmark:
-        "results/benchmarks/cache/teacher.tsv"
+        "results/benchmarks/cache/{teacher}_{dataset}.tsv"
+    wildcard_constraints:
+        teacher="teacher|expert",
+        dataset="instructions|dae",
     conda:
         ENV
     threads: 2
@@ -35,7 +38,7 @@ rule teacher_cache:
 
 rule train_kd:
     input:
-        unpack(kd_inputs),
+        **teacher_inputs("kd", "instructions"),
         student="results/models/student_init",
         train="results/data/instructions/train.jsonl",
         valid="results/data/instructions/valid.jsonl",
@@ -54,7 +57,7 @@ rule train_kd:
         gpu=GPUS,
     params:
         settings=train_settings("kd"),
-        objective=kd_objective_settings,
+        objective=lambda wildcards, input: objective_settings("kd", KD_KEYS, input),
         seed=config["seed"],
         precision=PRECISION,
     shell:

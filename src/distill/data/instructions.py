@@ -91,6 +91,20 @@ def local_prompts(n: int, seed: int) -> list[dict]:
     return random.Random(seed).sample(pool, n)
 
 
+def split_by_domain(rows: list[dict], rng: random.Random, valid_share: float = 0.125):
+    """Shuffle, then hold out `valid_share` of each domain (at least 1 row of every domain with
+    2 or more): every domain needs held-out rows for per-domain perplexity (DDK)."""
+    rng.shuffle(rows)
+    train, valid = [], []
+    for domain in sorted({r["domain"] for r in rows}):
+        part = [r for r in rows if r["domain"] == domain]
+        n_valid = max(1, round(valid_share * len(part))) if len(part) >= 2 else 0
+        valid += part[:n_valid]
+        train += part[n_valid:]
+    rng.shuffle(train)
+    return train, valid
+
+
 def hub_rows(dataset_id: str, split: str, n: int, default_domain: str) -> list[dict]:
     """The first `n` rows of a hub dataset with a `messages` column, in the project's format."""
     from datasets import load_dataset
@@ -156,16 +170,14 @@ def main() -> None:
 
     math_rows = read_examples(args.math)
     rng.shuffle(math_rows)
-    mixed = general + math_rows[: cfg["math_rows"]]
-    rng.shuffle(mixed)
-    n_valid = max(1, len(mixed) // 8)
+    train, valid = split_by_domain(general + math_rows[: cfg["math_rows"]], rng)
     out = Path(args.out_dir)
-    write_jsonl(out / "train.jsonl", mixed[n_valid:])
-    write_jsonl(out / "valid.jsonl", mixed[:n_valid])
+    write_jsonl(out / "train.jsonl", train)
+    write_jsonl(out / "valid.jsonl", valid)
     write_jsonl(out / "heldout.jsonl", heldout_rows)
-    domains = sorted({r["domain"] for r in mixed})
-    log.info("wrote %d train, %d valid, %d held-out rows; domains %s", len(mixed) - n_valid,
-             n_valid, len(heldout_rows), domains)  # fmt: skip
+    domains = sorted({r["domain"] for r in train})
+    log.info("wrote %d train, %d valid, %d held-out rows; domains %s", len(train), len(valid),
+             len(heldout_rows), domains)  # fmt: skip
 
 
 if __name__ == "__main__":

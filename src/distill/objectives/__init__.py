@@ -10,6 +10,8 @@ An objective is a small class with
     returns values to log;
   - `sampler`: None (the loop's seeded epochs) or an object with `next_batch(n)`/`state_dict()`;
   - `parameters()`, `state_dict()`, `load_state_dict()`: extra trainable/saved state.
+The constructor gets `(settings, **context)`; context: student, train_rows, train_examples,
+valid_examples, tokenizer, accelerator, seed, train_path, max_len.
 Adding an objective means adding a module here and a line in OBJECTIVES; nothing else changes.
 """
 
@@ -21,7 +23,10 @@ from distill.io import InputError
 
 OBJECTIVES = {
     "sft": "distill.objectives.sft:SFT",
+    "feedback": "distill.objectives.feedback:Feedback",
     "kd": "distill.objectives.kd:KD",
+    "dae": "distill.objectives.dae:DAE",
+    "ddk": "distill.objectives.ddk:DDK",
 }
 
 

@@ -141,23 +141,23 @@ def pad_to(x: Tensor, width: int, value) -> Tensor:
     return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)
 
 
-def teacher_cross_entropy(
-    teacher: Tensor | losses.TopKTeacher, labels: Tensor, mask: Tensor, num_tokens
+def token_cross_entropy(
+    distribution: Tensor | losses.TopKTeacher, labels: Tensor, mask: Tensor, num_tokens
 ) -> Tensor:
-    """The teacher's cross-entropy on the data tokens, −log p_T(label) summed / num_tokens.
+    """Cross-entropy of a teacher's (or student's) distribution on the data tokens.
 
-    Full logits (B, T, V): the exact CE. A `TopKTeacher`: on its k + 1 buckets (the label's own
-    log-prob when it is in the top k, else the log of the leftover mass), the convention of
-    distill.losses; that is a lower bound of the exact CE.
+    distribution: logits (B, T, V) or a `TopKTeacher`; labels (B, T); mask (B, T) target rows.
+    Returns −log p(label) summed over the masked rows / num_tokens. Full logits: the exact CE. A
+    `TopKTeacher`: on its k + 1 buckets (the label's own log-prob when it is in the top k, else
+    the log of the leftover mass), the convention of distill.losses; a lower bound of the CE.
     """
-    if isinstance(teacher, Tensor):
-        return losses.cross_entropy(teacher, labels, mask, num_tokens=num_tokens)
-    hit = teacher.indices == labels.unsqueeze(-1)  # (B, T, k)
-    in_top = hit.any(-1)
-    top_lp = (teacher.logprobs * hit).sum(-1)
-    rest_lp = torch.log(teacher.leftover.clamp_min(1e-30))
-    logp = torch.where(in_top, top_lp, rest_lp.to(top_lp))
-    return -(logp * mask).sum() / num_tokens
+    if isinstance(distribution, Tensor):
+        return losses.cross_entropy(distribution, labels, mask, num_tokens=num_tokens)
+    hit = distribution.indices == labels.unsqueeze(-1)  # (B, T, k)
+    top_logprob = (distribution.logprobs * hit).sum(-1)
+    rest_logprob = torch.log(distribution.leftover.clamp_min(1e-30)).to(top_logprob)
+    logprob = torch.where(hit.any(-1), top_logprob, rest_logprob)
+    return -(logprob * mask).sum() / num_tokens
 
 
 # --------------------------------------------------------------------------------------------
@@ -188,8 +188,8 @@ class Feedback(Objective):
             else self.tokenizer.eos_token_id
         )
         self.eos_ids = [self.tokenizer.eos_token_id]
-        self.teacher = LocalTeacher(settings["teacher"], self.accelerator.device)
         _check_tokenizers(settings["teacher"], self.tokenizer)
+        self.teacher = LocalTeacher(settings["teacher"], self.accelerator.device)
         self.heldout = list(context.get("valid_examples") or [])[: settings["heldout_examples"]]
         if not self.heldout:
             raise InputError("--valid: objective feedback needs held-out examples for its gap.")
@@ -214,7 +214,9 @@ class Feedback(Objective):
             # DDP allows one forward per backward.
             width = max(inputs["input_ids"].shape[1], feedback["input_ids"].shape[1])
             inputs = {
-                key: torch.cat([pad_to(inputs[key], width, fill), pad_to(feedback[key], width, fill)])
+                key: torch.cat(
+                    [pad_to(inputs[key], width, fill), pad_to(feedback[key], width, fill)]
+                )
                 for key, fill in (("input_ids", self.pad_id), ("attention_mask", 0))
             }
         logits = model(**inputs).logits
@@ -226,7 +228,7 @@ class Feedback(Objective):
         ce_student = losses.cross_entropy(
             student_data, batch["labels"], batch["target_mask"], num_tokens=normaliser
         )
-        ce_teacher = teacher_cross_entropy(
+        ce_teacher = token_cross_entropy(
             teacher_data, batch["labels"], batch["target_mask"], normaliser
         ).to(ce_student)
         sft_term = lam * (ce_student - ce_teacher)
@@ -304,9 +306,9 @@ class Feedback(Objective):
             )
         self._microbatches = 0
         if step % int(self.settings["eval_every"]) == 0:
-            student_ce = self._heldout_ce(student)
+            student_ce = self._heldout_ce(lambda batch: _logits(student, batch))
             if self._teacher_heldout_ce is None:  # a constant: measured once
-                self._teacher_heldout_ce = self._heldout_ce(self.teacher.model)
+                self._teacher_heldout_ce = self._heldout_ce(self.teacher.distribution)
             self.latest_eval = {
                 "heldout_step": step,
                 "heldout_flops": self.flops_seen,
@@ -317,23 +319,19 @@ class Feedback(Objective):
         return dict(self.latest_eval)
 
     @torch.no_grad()
-    def _heldout_ce(self, model) -> float:
-        """Token-mean CE of `model` on the held-out slice's response tokens."""
-        was_training = model.training
-        model.eval()
+    def _heldout_ce(self, distribution) -> float:
+        """Token-mean CE on the held-out slice's response tokens; distribution(batch) -> logits."""
         total, count = 0.0, 0
         size = int(self.settings["heldout_batch_size"])
         for start in range(0, len(self.heldout), size):
             batch = collate(self.heldout[start : start + size], self.pad_id)
             batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
             with self.accelerator.autocast():
-                logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-            n = int(batch["target_mask"].sum())
-            total += float(losses.cross_entropy(logits, batch["labels"], batch["target_mask"])) * n
-            count += n
-        model.train(was_training)
+                dist = distribution(batch)
+            count += int(batch["target_mask"].sum())
+            total += float(
+                token_cross_entropy(dist, batch["labels"], batch["target_mask"], num_tokens=1)
+            )
         return total / count
 
     def state_dict(self) -> dict:
@@ -351,12 +349,24 @@ class Feedback(Objective):
         self._microbatches = int(self.settings["grad_accum"])
 
 
+@torch.no_grad()
+def _logits(model, batch) -> Tensor:
+    """The model's logits in eval mode (no dropout), its training mode restored after."""
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    model.train(was_training)
+    return logits
+
+
 def _rows(teacher, rows: slice, width: int):
     """Rows `rows` and the first `width` positions of full logits or a TopKTeacher."""
     if isinstance(teacher, Tensor):
         return teacher[rows, :width]
     return losses.TopKTeacher(
-        teacher.logprobs[rows, :width], teacher.indices[rows, :width], teacher.leftover[rows, :width]
+        teacher.logprobs[rows, :width],
+        teacher.indices[rows, :width],
+        teacher.leftover[rows, :width],
     )
 
 

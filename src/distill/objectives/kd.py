@@ -151,6 +151,8 @@ class KD(Objective):
             cache_dir,
             expect_tokenizer=tokenizer_fingerprint(self.context["tokenizer"]),
             expect_temperature=self.settings["temperature"],
+            expect_max_len=self.context["max_len"],
+            expect_data=self.context["train_path"],
         )
         cache.verify_all()  # find a corrupt shard before training uses it
         return cache
