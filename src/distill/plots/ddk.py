@@ -24,7 +24,7 @@ from distill.plots.training_curves import save_figure  # noqa: E402
 
 
 def weights_figure(log_path: str, out: str) -> None:
-    """Left: the domain weights r_t at each re-weighting; right: ℓ_S/ℓ_T per domain (paper Fig. 3)."""
+    """Left: domain weights r_t at each re-weighting; right: ℓ_S/ℓ_T per domain (paper Fig. 3)."""
     frame = pd.read_csv(log_path)
     weight_cols = [c for c in frame.columns if c.startswith("weight/")]
     if not weight_cols:
