@@ -132,11 +132,20 @@ def _which(prog: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now (the kernel picks them).
+
+    All sockets stay open until every port is picked, so the kernel cannot hand out the
+    same port twice.
+    """
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _node_resources() -> tuple[int, int]:
@@ -258,8 +267,9 @@ class Cluster:
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """An environment in which SLURM clients talk to this cluster.
 
-        ``SLURM_CONF`` is all the clients need. Snakemake passes the environment on to
-        the jobs (``sbatch --export=ALL``), so ``srun`` inside a job finds it too.
+        ``SLURM_CONF`` is all the clients need (``/usr/sbin`` is added to ``PATH`` for
+        the daemons). Inside jobs the same config is found through the
+        ``/etc/slurm/slurm.conf`` link instead, see the module docstring.
         """
         env = dict(os.environ if base is None else base)
         env["SLURM_CONF"] = str(self.conf)
@@ -276,11 +286,18 @@ class Cluster:
         return result.stdout
 
     def log_tails(self, lines: int = 25) -> str:
-        """The last lines of every daemon log: the first thing to read when it breaks."""
-        return "\n".join(
-            _tail(self.workdir / name, lines)
-            for name in ("munged.out", "slurmctld.log", "slurmd.log")
-        )
+        """The last lines of every daemon log: the first thing to read when it breaks.
+
+        munged logs to its captured stdout (``munged.out``). slurmctld/slurmd write their
+        log files, and copy them to ``*.out``; the ``.out`` also holds what they printed
+        before they could open the log file (a broken config, say), so it stands in when
+        there is no log file.
+        """
+        paths = [self.workdir / "munged.out"]
+        for daemon in ("slurmctld", "slurmd"):
+            log = self.workdir / f"{daemon}.log"
+            paths.append(log if log.exists() else self.workdir / f"{daemon}.out")
+        return "\n".join(_tail(path, lines) for path in paths)
 
     def node_state(self) -> str:
         """The node's state as ``sinfo`` prints it ('idle', 'alloc', 'down*', ...)."""
@@ -346,6 +363,7 @@ class Cluster:
 def _write_config(workdir: Path, socket_dir: Path) -> Path:
     """Write slurm.conf (and the MUNGE key) into ``workdir``; return the config's path."""
     cpus, mem_mb = _node_resources()
+    ctld_port, slurmd_port = _free_ports(2)
     for sub in ("state", "spool"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -359,8 +377,8 @@ def _write_config(workdir: Path, socket_dir: Path) -> Path:
 {MARKER}: a one-node test cluster on localhost.
 ClusterName=localtest
 SlurmctldHost={NODE_NAME}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 
@@ -377,6 +395,8 @@ SlurmctldLogFile={workdir / "slurmctld.log"}
 SlurmdLogFile={workdir / "slurmd.log"}
 SlurmctldDebug=info
 SlurmdDebug=info
+# No mail from this test cluster (the default /bin/mail is not installed).
+MailProg=/bin/true
 
 # No systemd, cgroups or accounting database here: the simplest plugins.
 ProctrackType=proctrack/linuxproc
@@ -460,13 +480,15 @@ def start(workdir: str | os.PathLike, timeout: float = 30.0) -> Cluster:
 
     Returns when the node is ``idle`` (ready for jobs). On failure everything already
     started is stopped again and :class:`ClusterError` is raised with the daemons' log
-    tails. Typically up in about 3 s.
+    tails. Typically up in 1-2 s.
     """
     reason = unavailable_reason()
     if reason:
         raise ClusterError(reason)
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    if any(_runs_ours(pid, name, workdir) for name, pid in _read_pids(workdir).items()):
+        raise ClusterError(f"a cluster is already running in {workdir}; stop it first")
     # Short, world-searchable directory for the MUNGE socket (see module docstring).
     socket_dir = Path(tempfile.mkdtemp(prefix="munge-", dir="/tmp"))
     socket_dir.chmod(0o755)
@@ -509,11 +531,7 @@ def start(workdir: str | os.PathLike, timeout: float = 30.0) -> Cluster:
             state = f"node state: {cluster.node_state()!r}\n"
         except Exception:  # diagnostics only: never mask the real error
             pass
-        tails = (
-            cluster.log_tails()
-            + "\n"
-            + "\n".join(_tail(workdir / f"{name}.out", 10) for name in cluster.pids)
-        )
+        tails = cluster.log_tails()
         cluster.stop(timeout=5)
         raise ClusterError(
             f"localhost SLURM cluster in {workdir} did not come up: {err}\n{state}{tails}"
@@ -549,8 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             attach(workdir).stop()
             print("slurm_cluster: stopped", file=sys.stderr)
-    except ClusterError as err:
-        print(f"slurm_cluster: {err}", file=sys.stderr)
+    except (ClusterError, OSError) as err:
+        print(f"slurm_cluster: {command} {workdir}: {err}", file=sys.stderr)
         return 1
     return 0
 

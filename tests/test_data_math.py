@@ -26,9 +26,11 @@ MODULES = [
 N = {"train": 30, "valid": 10, "test": 10}
 
 
-def _cli(out_dir: Path, seed: int, hash_seed_env: str, jobs: int = 1) -> dict[str, bytes]:
+def _cli(
+    out_dir: Path, seed: int, hash_seed_env: str, jobs: int = 1, modules: list[str] = MODULES
+) -> dict[str, bytes]:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed_env}
-    cmd = [sys.executable, "-m", "distill.data.math", "--modules", *MODULES]
+    cmd = [sys.executable, "-m", "distill.data.math", "--modules", *modules]
     cmd += ["--difficulty", "train-easy", "--seed", str(seed), "--out-dir", str(out_dir)]
     cmd += ["--n-train", str(N["train"]), "--n-valid", str(N["valid"]), "--n-test", str(N["test"])]
     cmd += ["--jobs", str(jobs)]
@@ -42,7 +44,7 @@ def runs(tmp_path_factory) -> dict[str, dict[str, bytes]]:
     return {
         "a": _cli(tmp / "a", seed=0, hash_seed_env="0", jobs=1),
         "b": _cli(tmp / "b", seed=0, hash_seed_env="987", jobs=3),
-        "other_seed": _cli(tmp / "c", seed=1, hash_seed_env="0", jobs=3),
+        "other_seed": _cli(tmp / "c", seed=1, hash_seed_env="0", jobs=2, modules=MODULES[:2]),
     }
 
 
@@ -56,7 +58,7 @@ def test_same_seed_same_bytes_across_processes(runs):
 
 def test_different_seed_different_data(runs):
     for split in ("train", "valid", "test"):
-        a = {r["messages"][0]["content"] for r in _rows(runs["a"][split])}
+        a = {r["messages"][0]["content"] for r in _rows(runs["a"][split])[: 2 * N[split]]}
         c = {r["messages"][0]["content"] for r in _rows(runs["other_seed"][split])}
         assert a != c
         assert len(a & c) < len(a) / 2
@@ -194,3 +196,31 @@ def test_hash_seed_is_a_valid_pythonhashseed():
 )
 def test_answers_match(predicted, answer, expected):
     assert answers_match(predicted, answer) is expected
+
+
+def test_used_up_question_space_stops_with_input_error():
+    from types import SimpleNamespace
+
+    from distill.data.math import _draw
+
+    def sample(fn):
+        return SimpleNamespace(question=f"q{fn()}", answer="a"), 0
+
+    values = iter(range(10**9))
+    with pytest.raises(InputError, match="used up"):
+        _draw(lambda: next(values) % 7, sample, set(), 10, "tiny")
+    assert len(_draw(lambda: next(values), sample, set(), 50, "big")) == 50
+
+
+def test_mend_refuses_what_it_does_not_expect():
+    from distill.data.math import _ATTRIBUTE, _rename_names
+
+    def f(a):
+        return a.itemset(0, 1)
+
+    with pytest.raises(RuntimeError, match="cannot mend"):
+        _rename_names(f, {"object": "object_"}, _ATTRIBUTE)
+    _rename_names(f, {"itemset": "__setitem__"}, _ATTRIBUTE)
+    a = [0]
+    f(a)
+    assert a == [1]

@@ -62,8 +62,9 @@ slurm_cluster = _load_cluster_module()
 
 # The profile's status-check waits suit a real cluster (tens of seconds). Our jobs take
 # seconds, so the tests poll sooner; everything else comes from the profile unchanged.
-# The plugin waits `seconds-between-status-checks` before its first check, then this
-# init value plus 10 s more after every check in which nothing finished.
+# Between two checks the plugin waits its init value, 10 s more after each check in which
+# no job succeeded (up to 180 s); `seconds-between-status-checks` is snakemake's own
+# first wait. A job here takes ~7 s, so it is seen at the second check (~12 s).
 FAST_STATUS_CHECKS = [
     "--slurm-init-seconds-before-status-checks",
     "1",
@@ -130,14 +131,20 @@ def submissions(output: str) -> list[tuple[str, str]]:
     return [(rule, job_id) for job_id, rule in SUBMITTED.findall(output)]
 
 
-def job_info(cluster, job_id: str) -> dict[str, str]:
-    """slurmctld's record of a job (``scontrol show job``), as a dict.
+def job_record(cluster, job_id: str) -> dict[str, str]:
+    """slurmctld's record of a finished job, as a dict (``JobState``, ``TimeLimit``, ...).
 
-    Finished jobs stay in slurmctld's memory for MinJobAge (300 s), long enough for the
-    tests to look at them without an accounting database (no ``sacct`` here).
+    There is no accounting database (so no ``sacct``) on the test cluster; instead
+    slurmctld appends a line per finished job to its job-completion log (``jobcomp.log``,
+    see tests/slurm_cluster.py). Unlike ``scontrol show job`` it does not forget a job
+    after MinJobAge, so a test may look long after the job ended. ``TimeLimit`` is in
+    minutes; ``Tres`` holds the allocation (``cpu=1,mem=100M,...``).
     """
-    text = cluster.run("scontrol", "show", "job", "--oneliner", job_id)
-    return dict(re.findall(r"(\w+)=(\S*)", text))
+    for line in (cluster.workdir / "jobcomp.log").read_text().splitlines():
+        record = dict(re.findall(r"(\w+)=(\S*)", line))
+        if record.get("JobId") == job_id:
+            return record
+    raise AssertionError(f"SLURM job {job_id} is not in slurmctld's job-completion log")
 
 
 def write_snakefile(workdir: Path, text: str) -> Path:
@@ -278,13 +285,15 @@ def test_jobs_run_under_slurm(cluster, tmp_path):
 
     slurmctld_log = (cluster.workdir / "slurmctld.log").read_text()
     for rule, job_id in jobs.items():
-        info = job_info(cluster, job_id)
-        assert info["JobState"] == "COMPLETED", (rule, info)
-        assert info["Partition"] == slurm_cluster.PARTITION
-        # The rule's resources reached sbatch: runtime=2 -> --time, mem_mb=100 -> --mem.
-        assert info["TimeLimit"] == "00:02:00", (rule, info)
-        assert info["MinMemoryNode"] == "100M", (rule, info)
-        assert f"JobId={job_id} " in slurmctld_log
+        record = job_record(cluster, job_id)
+        assert record["JobState"] == "COMPLETED", (rule, record)
+        assert record["Partition"] == slurm_cluster.PARTITION, (rule, record)
+        # The rule's resources reached sbatch: runtime=2 -> --time 2, mem_mb=100 -> --mem.
+        assert record["TimeLimit"] == "2", (rule, record)
+        assert "mem=100M" in record["Tres"], (rule, record)
+        # slurmctld scheduled it: "sched: Allocate JobId=N NodeList=localhost ..." (main
+        # scheduler) or "sched/backfill: _start_job: Started JobId=N ..." (backfill).
+        assert re.search(rf"(Allocate|Started) JobId={job_id}\b", slurmctld_log), rule
 
 
 def test_failing_job_fails_the_run(cluster, tmp_path):
@@ -310,8 +319,8 @@ def test_failing_job_fails_the_run(cluster, tmp_path):
 
     jobs = submissions(result.stdout)
     assert [rule for rule, _ in jobs] == ["broken"], explain(result.stdout, cluster)
-    info = job_info(cluster, jobs[0][1])
-    assert info["JobState"] == "FAILED", info
+    record = job_record(cluster, jobs[0][1])
+    assert record["JobState"] == "FAILED", record
     assert "Error in rule broken" in result.stdout
     assert "failing on purpose" in (tmp_path / "logs" / "broken.log").read_text()
 
@@ -375,7 +384,8 @@ def test_timed_out_job_is_retried_with_more_time(cluster, timeout_run):
 
     jobs = submissions(output)
     assert [rule for rule, _ in jobs] == ["slow", "slow"], explain(output, cluster)
-    first, second = (job_info(cluster, job_id) for _, job_id in jobs)
-    assert (first["JobState"], first["TimeLimit"]) == ("TIMEOUT", "00:01:00"), first
-    assert (second["JobState"], second["TimeLimit"]) == ("COMPLETED", "00:02:00"), second
+    first, second = (job_record(cluster, job_id) for _, job_id in jobs)
+    # Attempt 1: 1-minute limit, killed by SLURM. Attempt 2: 2 minutes, completed.
+    assert (first["JobState"], first["TimeLimit"]) == ("TIMEOUT", "1"), first
+    assert (second["JobState"], second["TimeLimit"]) == ("COMPLETED", "2"), second
     assert "TIMEOUT" in output  # snakemake reported why attempt 1 failed

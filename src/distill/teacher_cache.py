@@ -360,12 +360,10 @@ def build_cache(
     remove_stale_temporaries(out_dir)
     done = load_progress(out_dir, key)
     kill_after = os.environ.get(KILL_ENV)
-    metadata = {
-        "format": FORMAT,
-        "contract": CONTRACT,
-        "k": str(k),
-        "temperature": str(temperature),
-    }
+    # ONE metadata key: safetensors writes several in hash order, which differs between
+    # processes, and a resumed build must be byte-identical to an uninterrupted one.
+    about = {"format": FORMAT, "contract": CONTRACT, "k": k, "temperature": temperature}
+    metadata = {"distill": json.dumps(about, sort_keys=True)}
 
     # --- shards: keep the verified ones, compute the rest ------------------------------------
     shards = []
