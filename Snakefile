@@ -15,6 +15,7 @@ include: "workflow/rules/sft.smk"
 include: "workflow/rules/kd.smk"
 include: "workflow/rules/dae.smk"
 include: "workflow/rules/ddk.smk"
+include: "workflow/rules/sweep.smk"
 include: "workflow/rules/plots.smk"
 
 

@@ -52,6 +52,18 @@ def tiny_student_dir(teacher_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def other_tiny_dir(teacher_dir, tmp_path_factory) -> Path:
+    """A second tiny model (another seed), same tokenizer: a stand-in teacher or expert."""
+    out = tmp_path_factory.mktemp("models") / "other_tiny"
+    sizes = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "intermediate_size": 128}  # fmt: skip
+    spec = json.dumps({"sizes": sizes})
+    run_module("distill.models.student", "--teacher", teacher_dir, "--spec", spec, "--seed", "7",
+               "--out", out)  # fmt: skip
+    return out
+
+
 def chat_row(i: int, domain: str, question: str, answer: str) -> dict:
     return {
         "id": f"r{i}",

@@ -18,18 +18,6 @@ from distill.objectives import build_objective
 from distill.objectives.dae import route_to_expert
 
 
-@pytest.fixture(scope="module")
-def other_tiny_dir(teacher_dir, tmp_path_factory):
-    """A second tiny model (other seed) with the same tokenizer: a stand-in expert/teacher."""
-    out = tmp_path_factory.mktemp("models") / "other_tiny"
-    sizes = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "intermediate_size": 128}  # fmt: skip
-    spec = json.dumps({"sizes": sizes})
-    run_module("distill.models.student", "--teacher", teacher_dir, "--spec", spec, "--seed", "7",
-               "--out", out)  # fmt: skip
-    return out
-
-
 def context_for(student_dir, data):
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     rows = read_examples(data[0])

@@ -276,6 +276,7 @@ def main() -> None:
         # processes): the sum of per-token losses over everything, over the global target count.
         normaliser = window_targets / world
         sums: dict[str, float] = {}
+        local_tokens, local_flops = 0.0, 0.0
         for i, batch in enumerate(window):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             last = i == len(window) - 1
@@ -285,12 +286,19 @@ def main() -> None:
                 accelerator.backward(terms["loss"])
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
-            tokens += int(batch["attention_mask"].sum()) * world
-            flops += objective.flops(batch, n_params) * world
+            local_tokens += float(batch["attention_mask"].sum())
+            local_flops += objective.flops(batch, n_params)
         if settings["max_grad_norm"] > 0:
             accelerator.clip_grad_norm_(params, settings["max_grad_norm"])
         optimizer.step()
         scheduler.step()
+        seen = accelerator.reduce(
+            torch.tensor(
+                [local_tokens, local_flops], dtype=torch.float64, device=accelerator.device
+            ),
+            "sum",
+        )
+        tokens, flops = tokens + int(seen[0]), flops + float(seen[1])
         optimizer.zero_grad(set_to_none=True)
         step += 1
         wall += time.perf_counter() - started

@@ -10,7 +10,13 @@ except InputError as error:
     raise WorkflowError(str(error)) from None
 
 # Every figure the workflow makes; `rule all` asks for these.
-FIGURE_NAMES = ["sft_loss", "training_curves", "ddk_weights", "ddk_domain_ppl"]
+FIGURE_NAMES = [
+    "sft_loss",
+    "training_curves",
+    "ddk_weights",
+    "ddk_domain_ppl",
+    "lambda_sweep",
+]
 FIGURES = [f"results/figures/{name}.png" for name in FIGURE_NAMES]
 FIGURES.append("results/eval/domains/accuracy.csv")
 # The student runs whose curves join the training-curves figure: label -> model directory.

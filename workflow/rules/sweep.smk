@@ -1,0 +1,129 @@
+# The teacher-feedback λ' sweep (seed 001): a fresh student on the sweep's own math data, one run
+# per λ' with the same seed, data order and budget, then the figure of loss against compute.
+
+SWEEP = config["sweep"]
+SWEEP_RUNS = expand("results/models/sweep/lambda_{lam}", lam=SWEEP["lambdas"])
+# The sweep's training settings: the shared `train` with the sweep's own overrides.
+SWEEP_TRAIN = {**config["train"], **SWEEP["train"]}
+
+
+def feedback_settings(wildcards, input):
+    """The objective settings of one run; grad_accum and eval_every follow its train settings."""
+    keys = ["lam", "temperature", "top_p", "max_new_tokens", "heldout_examples"]
+    return as_json(
+        {
+            **{key: SWEEP[key] for key in keys},
+            "lam_prime": float(wildcards.lam),
+            "teacher": input.teacher,
+            "grad_accum": SWEEP_TRAIN["grad_accum"],
+            "eval_every": SWEEP_TRAIN["eval_every"],
+        }
+    )
+
+
+def sweep_title():
+    sizes = SWEEP["student_sizes"]
+    shape = f"hidden {sizes.get('hidden_size', '?')}, {sizes.get('num_hidden_layers', '?')} layers"
+    teacher = config["models"]["teacher"].rsplit("/", 1)[-1]
+    return f"λ' sweep: {teacher} → student ({shape}), {', '.join(SWEEP['data']['modules'])}"
+
+
+rule sweep_math_data:
+    output:
+        expand("results/data/sweep_math/{split}.jsonl", split=SPLITS),
+    log:
+        "results/logs/data/sweep_math.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=2000,
+        runtime=runtime_min(10),
+    params:
+        modules=SWEEP["data"]["modules"],
+        data=SWEEP["data"],
+        seed=config["seed"],
+    shell:
+        "python -m distill.data.math --modules {params.modules} "
+        "--difficulty {params.data[difficulty]} --n-train {params.data[n_train]} "
+        "--n-valid {params.data[n_valid]} --n-test {params.data[n_test]} "
+        "--seed {params.seed} --out-dir results/data/sweep_math > {log} 2>&1"
+
+
+rule sweep_student_init:
+    input:
+        "results/models/teacher",
+    output:
+        directory("results/models/sweep_student_init"),
+    log:
+        "results/logs/models/sweep_student_init.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=runtime_min(30),
+    params:
+        spec=as_json({"sizes": SWEEP["student_sizes"]}),
+        seed=config["seed"],
+    shell:
+        "python -m distill.models.student --teacher {input} --spec {params.spec:q} "
+        "--seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule sweep_train:
+    input:
+        student="results/models/sweep_student_init",
+        teacher="results/models/teacher",
+        train="results/data/sweep_math/train.jsonl",
+        valid="results/data/sweep_math/valid.jsonl",
+    output:
+        directory("results/models/sweep/lambda_{lam}"),
+    log:
+        "results/logs/train/sweep/lambda_{lam}.log",
+    benchmark:
+        "results/benchmarks/train/sweep/lambda_{lam}.tsv"
+    wildcard_constraints:
+        lam=r"\d+(\.\d+)?",
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=runtime_min(60),
+        gpu=GPUS,
+    params:
+        settings=as_json(SWEEP_TRAIN),
+        objective=feedback_settings,
+        seed=config["seed"],
+        precision=PRECISION,
+    shell:
+        "python -m distill.train --objective feedback --student {input.student} "
+        "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
+        "--objective-settings {params.objective:q} --seed {params.seed} "
+        "--precision {params.precision} "
+        "--ckpt-dir results/checkpoints/sweep/lambda_{wildcards.lam} --out {output} > {log} 2>&1"
+
+
+rule lambda_sweep_figure:
+    input:
+        SWEEP_RUNS,
+    output:
+        png=report(
+            "results/figures/lambda_sweep.png",
+            caption="../report/lambda_sweep.rst",
+            category="Teacher feedback (λ' sweep)",
+        ),
+        pdf="results/figures/lambda_sweep.pdf",
+    log:
+        "results/logs/figures/lambda_sweep.log",
+    conda:
+        ENV
+    params:
+        runs=[
+            f"{lam}={run}/train_log.csv"
+            for lam, run in zip(SWEEP["lambdas"], SWEEP_RUNS)
+        ],
+        smooth=SWEEP["smooth"],
+        title=sweep_title(),
+    shell:
+        "python -m distill.plots.lambda_sweep --runs {params.runs} --smooth {params.smooth} "
+        "--title {params.title:q} --out {output.png} > {log} 2>&1"
