@@ -113,12 +113,24 @@ def snakemake_cmd(workdir: Path, *args: str, timeout_s: int = 600) -> list[str]:
     ]
 
 
+def job_env(cluster) -> dict[str, str]:
+    """The environment for snakemake and, through ``sbatch --export=ALL``, its jobs.
+
+    The cluster's ``SLURM_CONF``, and this Python's bin directory first on ``PATH``: the
+    workflow's rules call ``python``/``snakemake`` by name, and inside a SLURM job they
+    must find the project's venv even if pytest was started without activating it.
+    """
+    env = cluster.env()
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
 def run_snakemake(cluster, workdir: Path, *args: str, timeout_s: int = 600):
     """Run snakemake against ``cluster`` in ``workdir``; stdout and stderr merged."""
     return subprocess.run(
         snakemake_cmd(workdir, *args, timeout_s=timeout_s),
         cwd=workdir,
-        env=cluster.env(),
+        env=job_env(cluster),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -223,7 +235,7 @@ def timeout_run(cluster, tmp_path_factory):
                 "10",
             ),
             cwd=workdir,
-            env=cluster.env(),
+            env=job_env(cluster),
             stdout=out,
             stderr=subprocess.STDOUT,
             text=True,

@@ -7,25 +7,22 @@ SWEEP_RUNS = expand("results/models/sweep/lambda_{lam}", lam=SWEEP["lambdas"])
 SWEEP_TRAIN = {**config["train"], **SWEEP["train"]}
 
 
-def feedback_settings(wildcards, input):
-    """The objective settings of one run; grad_accum and eval_every follow its train settings."""
-    keys = ["lam", "temperature", "top_p", "max_new_tokens", "heldout_examples"]
-    return as_json(
-        {
-            **{key: SWEEP[key] for key in keys},
-            "lam_prime": float(wildcards.lam),
-            "teacher": input.teacher,
-            "grad_accum": SWEEP_TRAIN["grad_accum"],
-            "eval_every": SWEEP_TRAIN["eval_every"],
-        }
-    )
-
-
-def sweep_title():
-    sizes = SWEEP["student_sizes"]
-    shape = f"hidden {sizes.get('hidden_size', '?')}, {sizes.get('num_hidden_layers', '?')} layers"
-    teacher = config["models"]["teacher"].rsplit("/", 1)[-1]
-    return f"λ' sweep: {teacher} → student ({shape}), {', '.join(SWEEP['data']['modules'])}"
+# Objective settings shared by every run (λ' and the teacher come per run); grad_accum and
+# eval_every follow the runs' train settings.
+SWEEP_OBJECTIVE = {
+    **{
+        k: SWEEP[k]
+        for k in ["lam", "temperature", "top_p", "max_new_tokens", "heldout_examples"]
+    },
+    "grad_accum": SWEEP_TRAIN["grad_accum"],
+    "eval_every": SWEEP_TRAIN["eval_every"],
+}
+SWEEP_TITLE = (
+    f"λ' sweep: {config['models']['teacher'].rsplit('/', 1)[-1]} → student "
+    f"(hidden {SWEEP['student_sizes'].get('hidden_size', '?')}, "
+    f"{SWEEP['student_sizes'].get('num_hidden_layers', '?')} layers), "
+    f"{', '.join(SWEEP['data']['modules'])}"
+)
 
 
 rule sweep_math_data:
@@ -92,7 +89,13 @@ rule sweep_train:
         gpu=GPUS,
     params:
         settings=as_json(SWEEP_TRAIN),
-        objective=feedback_settings,
+        objective=lambda wildcards, input: as_json(
+            {
+                **SWEEP_OBJECTIVE,
+                "lam_prime": float(wildcards.lam),
+                "teacher": input.teacher,
+            }
+        ),
         seed=config["seed"],
         precision=PRECISION,
     shell:
@@ -123,7 +126,7 @@ rule lambda_sweep_figure:
             for lam, run in zip(SWEEP["lambdas"], SWEEP_RUNS)
         ],
         smooth=SWEEP["smooth"],
-        title=sweep_title(),
+        title=SWEEP_TITLE,
     shell:
         "python -m distill.plots.lambda_sweep --runs {params.runs} --smooth {params.smooth} "
         "--title {params.title:q} --out {output.png} > {log} 2>&1"
