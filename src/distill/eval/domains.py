@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -28,6 +29,24 @@ from distill.generation import generate, load_for_generation
 from distill.io import atomic_path, main_guard, read_examples, setup_logging, write_json
 from distill.objectives.ddk import domain_perplexity
 
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?")
+
+
+def response_is_correct(response: str, answer: str) -> bool:
+    """Whether a free-form response gives `answer`.
+
+    Chat models wrap answers in text ("The answer is 4."), so: the whole response matches, or
+    (numeric answers) the last number in its first line does, or (word answers such as True)
+    the first line contains the answer as a word.
+    """
+    if answers_match(response, answer):
+        return True
+    first_line = response.strip().split("\n", 1)[0]
+    if NUMBER.fullmatch(answer.strip()):
+        numbers = NUMBER.findall(first_line)
+        return bool(numbers) and answers_match(numbers[-1], answer)
+    return re.search(rf"\b{re.escape(answer.strip())}\b", first_line) is not None
+
 
 def evaluate_model(model_dir, valid_rows, math_rows, max_len, max_new_tokens, precision) -> dict:
     """{"ppl": {domain: ppl}, "accuracy": {domain: share correct}, "n": {domain: rows}}."""
@@ -39,7 +58,7 @@ def evaluate_model(model_dir, valid_rows, math_rows, max_len, max_new_tokens, pr
     correct: dict[str, list[int]] = {}
     for row, answer in zip(math_rows, answers, strict=True):
         hits = correct.setdefault(row["domain"], [0, 0])
-        hits[0] += answers_match(answer, row["answer"])
+        hits[0] += response_is_correct(answer, row["answer"])
         hits[1] += 1
     return {
         "model": str(model_dir),

@@ -1,8 +1,9 @@
 """Judges for MT-Bench and AlpacaEval behind one interface, and the OpenAI-compatible client.
 
 No launch command of its own: `distill.eval.mtbench judge` and `distill.eval.alpaca annotate` build
-a judge from a YAML mapping with `judge_from_config`, e.g.
+a judge from a YAML (or JSON) mapping with `judge_from_config`, e.g. for an OpenAI-compatible one:
 
+    kind: openai                 # the default kind
     model: gpt-4                 # the served model name (also the "judge" name in FastChat records)
     base_url: https://api.openai.com/v1    # or http://host:8000/v1 for a vLLM server
     api_key_env: OPENAI_API_KEY  # the *name* of the env var holding the key; null: no key
@@ -21,6 +22,23 @@ The interface (`Judge`):
   candidates). AlpacaEval's weighted protocol reads P("m") and P("M") from it.
 - `name`: the judge's model name, written into judgment records.
 `judge_map(judge, fn, items)` runs `fn` over items with the judge's own concurrency.
+A judge may also carry `rating` ("generate" or "expected") and, for "expected", `rate(messages)
+-> (score, text)`: MT-Bench judging reads it (see TransformersJudge).
+
+Two judges (`judge_from_config` picks one by `kind`):
+- `kind: openai` (OpenAIJudge below): any OpenAI-compatible server; MT-Bench ratings are parsed
+  from the generated [[x]] (FastChat's protocol).
+- `kind: transformers` (TransformersJudge): a model directory judged in this process, e.g.
+
+      kind: transformers
+      model_dir: results/models/teacher
+      precision: bf16
+      rating: expected             # or generate (parse [[x]] from generated text)
+      name: teacher                # the "judge" name in records (default: the folder's name)
+      max_new_tokens: 256          # cap on generated judgments (FastChat asks 2048)
+
+  On 2 CPU cores the 135M teacher does not write FastChat's "Rating: [[x]]" when asked (it goes
+  on with or repeats the answer it judges), so the embedded default reads `expected` ratings.
 
 OpenAIJudge, the client for any OpenAI-compatible /v1/chat/completions server:
 - every request is keyed by sha256 of (model, messages, params); a reply already in the on-disk
@@ -460,8 +478,202 @@ class OpenAIJudge:
 
 
 # --- the in-process transformers judge ----------------------------------------------------------
-# PLACE FOR `TransformersJudge` (written separately): `name`, `complete`, `choice_logprobs` as in
-# `Judge`, optionally `map`; `judge_from_config` builds it for `kind: transformers`.
+
+RATING_PREFILL = "Rating: [["  # FastChat's judge prompts end their answer with "Rating: [[x]]"
+RATINGS = tuple(range(1, 11))
+TRANSFORMERS_KEYS = {"kind", "model_dir", "precision", "rating", "name", "max_new_tokens"}
+
+
+def expected_rating(probs: Sequence[float]) -> float:
+    """sum_r r * P(r) over ratings 1..10; probs (10,) need not sum to 1 (they are renormalised)."""
+    total = sum(probs)
+    if not total > 0:
+        raise ValueError("no probability mass on any rating")
+    return sum(r * p for r, p in zip(RATINGS, probs, strict=True)) / total
+
+
+class TransformersJudge:
+    """A causal LM judging in this process (the embedded default: the teacher), on CPU or GPU.
+
+    - `complete` generates the judgment text (greedy at temperature 0) from the judge's chat
+      template; at most `max_new_tokens` tokens whatever the caller asks (FastChat asks 2048).
+    - `choice_logprobs` reads the next-token log-softmax after the chat template's generation
+      prompt: the exact log-probability of each single-token choice (never -inf for a choice that
+      is one token; a choice that is not one token is an error).
+    - `rating_probs` / `rate` (used when `rating == "expected"`): the rating as the probability-
+      weighted value over 1..10 at the point where the judge writes it. The assistant's turn is
+      prefilled with the text "Rating: [[" (FastChat's prompts ask for "Rating: [[5]]"; the judge
+      gives no explanation first), and:
+        * ratings 2..9: P(r) = P(first token = "r");
+        * rating 10: when the tokenizer writes "10" as one token, P(10) = P(first token = "10")
+          and P(1) = P("1"); when it writes "1" "0" (SmolLM2, Llama 3 and most BPE tokenizers
+          that split digits), one more step with "1" appended:
+          P(10) = P("1") * P(next = "0" | "1") and P(1) = P("1") * (1 - P(next = "0" | "1")),
+          i.e. a "1" followed by anything but "0" counts as 1;
+        * the ten values are renormalised to sum to 1 (the mass on other tokens is reported as
+          `rating_mass`, how much the judge meant to write a rating at all) and the score is
+          sum_r r * P(r), a real number in [1, 10].
+      A tokenizer that merges "[[" with the digit after it cannot be read this way: the judge
+      refuses `expected` for it (use `generate`).
+    """
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        precision: str = "bf16",
+        mode: str = "expected",
+        *,
+        name: str | None = None,
+        max_new_tokens: int = 256,
+    ):
+        from distill.generation import load_for_generation
+
+        if mode not in ("generate", "expected"):
+            raise InputError(f"judge rating mode {mode!r}: use `generate` or `expected`.")
+        if not Path(model_dir, "config.json").is_file():
+            raise InputError(
+                f"{model_dir}: no model here (config.json missing). Fix: build the judge model "
+                "first or point the judge at a save_pretrained directory."
+            )
+        self.model, self.tokenizer = load_for_generation(str(model_dir), precision)
+        self.name = name or Path(model_dir).name
+        self.rating = mode  # read by MT-Bench judging: "generate" parses [[x]], "expected" rates
+        self.max_new_tokens = max_new_tokens
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], where: str = "judge") -> TransformersJudge:
+        unknown = set(config) - TRANSFORMERS_KEYS
+        if unknown:
+            raise InputError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))} for kind: transformers. "
+                f"Fix: use only {', '.join(sorted(TRANSFORMERS_KEYS))}."
+            )
+        if not config.get("model_dir"):
+            raise InputError(f"{where}: `model_dir` is missing. Fix: set model_dir: <model dir>.")
+        return cls(
+            config["model_dir"],
+            config.get("precision", "bf16"),
+            config.get("rating", "expected"),
+            name=config.get("name"),
+            max_new_tokens=int(config.get("max_new_tokens", 256)),
+        )
+
+    # -- the Judge interface --
+
+    def complete(self, messages: Messages, *, max_tokens: int, temperature: float) -> str:
+        from distill.generation import generate
+
+        n = min(max_tokens, self.max_new_tokens)
+        return generate(self.model, self.tokenizer, [messages], n, temperature, batch_size=1)[0]
+
+    def choice_logprobs(self, messages: Messages, choices: list[str]) -> dict[str, float]:
+        logprobs, _ = self._next_token_logprobs(messages, "")
+        return {c: float(logprobs[self._one_token(c)]) for c in choices}
+
+    # -- the expected rating --
+
+    def rating_probs(self, messages: Messages) -> tuple[list[float], float]:
+        """(P(1..10) renormalised, rating_mass before renormalising); see the class docstring."""
+        import torch
+
+        first, cache = self._next_token_logprobs(messages, RATING_PREFILL)
+        digits, ten = self._rating_tokens()
+        p = [math.exp(float(first[t])) for t in digits]  # P("1") .. P("9")
+        if isinstance(ten, int):
+            p.append(math.exp(float(first[ten])))
+        else:  # "10" is "1" "0": one more step after "1", reusing the prompt's KV cache
+            with torch.no_grad():
+                out = self.model(
+                    input_ids=torch.tensor([[digits[0]]], device=self.model.device),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+            second = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            p_zero = math.exp(float(second[ten[1]]))
+            p_one = p[0]
+            p[0] = p_one * (1.0 - p_zero)
+            p.append(p_one * p_zero)
+        mass = sum(p)
+        return [x / mass for x in p], mass
+
+    def rate(self, messages: Messages) -> tuple[float, str]:
+        """(expected rating in [1, 10], a judgment text recording how it was read)."""
+        probs, mass = self.rating_probs(messages)
+        score = expected_rating(probs)
+        dist = ", ".join(f"{r}: {p:.3f}" for r, p in zip(RATINGS, probs, strict=True))
+        text = (
+            f"Rating: [[{score:.4f}]]\n(expected rating read from {self.name}'s next-token "
+            f"probabilities after {RATING_PREFILL!r}; P(rating) = {{{dist}}}; "
+            f"rating_mass = {mass:.4g})"
+        )
+        return score, text
+
+    # -- internals --
+
+    def _prompt_ids(self, messages: Messages, prefill: str):
+        text = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        return self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"], text
+
+    def _next_token_logprobs(self, messages: Messages, prefill: str):
+        """(log-softmax of the next token (V,) in fp32, the KV cache) after chat + prefill."""
+        import torch
+
+        ids, _ = self._prompt_ids(messages, prefill)
+        with torch.no_grad():
+            out = self.model(
+                input_ids=torch.tensor([ids], device=self.model.device),
+                use_cache=True,
+                logits_to_keep=1,  # only the last position's logits: no (T, V) tensor
+            )
+        return torch.log_softmax(out.logits[0, -1].float(), dim=-1), out.past_key_values
+
+    def _one_token(self, choice: str) -> int:
+        ids = self.tokenizer.encode(choice, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"choice {choice!r} is {len(ids)} tokens for {self.name}, not one")
+        return ids[0]
+
+    def _rating_tokens(self) -> tuple[list[int], int | tuple[int, int]]:
+        """Token ids of "1".."9" right after "Rating: [[", and of "10" (one id, or two)."""
+        if hasattr(self, "_rating_ids"):
+            return self._rating_ids
+        base = self.tokenizer.encode(RATING_PREFILL, add_special_tokens=False)
+
+        def after_prefill(s: str) -> list[int]:
+            ids = self.tokenizer.encode(RATING_PREFILL + s, add_special_tokens=False)
+            if ids[: len(base)] != base:
+                raise InputError(
+                    f"judge {self.name}: its tokenizer merges {RATING_PREFILL!r} with the rating "
+                    f"{s!r}, so the expected rating cannot be read token by token. Fix: set the "
+                    "judge's rating mode to `generate`."
+                )
+            return ids[len(base) :]
+
+        digits = []
+        for d in range(1, 10):
+            ids = after_prefill(str(d))
+            if len(ids) != 1:
+                raise InputError(
+                    f"judge {self.name}: rating {d} is {len(ids)} tokens after "
+                    f"{RATING_PREFILL!r}. Fix: set the judge's rating mode to `generate`."
+                )
+            digits.append(ids[0])
+        ten_ids = after_prefill("10")
+        if len(ten_ids) == 1:
+            ten: int | tuple[int, int] = ten_ids[0]
+        elif len(ten_ids) == 2 and ten_ids[0] == digits[0]:
+            ten = (ten_ids[0], ten_ids[1])
+        else:
+            raise InputError(
+                f"judge {self.name}: rating 10 is tokenized as {ten_ids} after "
+                f"{RATING_PREFILL!r}. Fix: set the judge's rating mode to `generate`."
+            )
+        self._rating_ids = (digits, ten)
+        return self._rating_ids
+
+
 # -------------------------------------------------------------------------------------------------
 
 
@@ -479,10 +691,18 @@ def _retry_after_seconds(value: str | None) -> float | None:
 def judge_from_config(config: Mapping[str, Any], where: str = "judge") -> Judge:
     """Build the judge a config mapping describes (`kind: openai`, the default)."""
     kind = config.get("kind", "openai")
+    if kind == "transformers":
+        return TransformersJudge.from_config(config, where)
     if kind == "openai":
+        config = dict(config)
+        # A chat-completions server cannot be made to continue a prefilled "Rating: [[", so an
+        # OpenAI judge rates MT-Bench answers by writing [[x]] (FastChat's protocol).
+        if config.pop("rating", "generate") != "generate":
+            raise InputError(
+                f"{where}: rating `expected` needs an in-process judge (kind: transformers). "
+                "Fix: set rating: generate for an OpenAI-compatible judge."
+            )
         return OpenAIJudge.from_config(config, where)
-    # ------------------------------------------------------------------------------------------
-    # PLACE FOR THE IN-PROCESS TRANSFORMERS JUDGE (`kind: transformers`), written separately:
-    # a class with `name`, `complete` and `choice_logprobs` as in `Judge`, built here.
-    # ------------------------------------------------------------------------------------------
-    raise InputError(f"{where}: kind {kind!r} is not a known judge. Fix: use kind: openai.")
+    raise InputError(
+        f"{where}: kind {kind!r} is not a known judge. Fix: use kind: openai or kind: transformers."
+    )

@@ -30,11 +30,13 @@ def weights_figure(log_path: str, out: str) -> None:
     if not weight_cols:
         raise InputError(f"{log_path}: no weight/<domain> columns; is this a DDK run's log?")
     updates = frame.dropna(subset=weight_cols[:1])
+    # A row's values were measured before its step ran: weights logged on row s were set at s−1.
+    set_at = updates["step"] - 1
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for col in weight_cols:
         domain = col.split("/", 1)[1]
-        left.step(updates["step"], updates[col], where="post", marker="o", label=domain)
-        right.plot(updates["step"], updates[f"ratio/{domain}"], marker="o", label=domain)
+        left.step(set_at, updates[col], where="post", marker="o", label=domain)
+        right.plot(set_at, updates[f"ratio/{domain}"], marker="o", label=domain)
     left.set(
         xlabel="step (weights apply from here)", ylabel="sampling weight", title="Domain weights"
     )

@@ -11,8 +11,8 @@ seed plots) against training FLOPs (log x), one curve per λ', a running mean ov
 logged steps. Its meaning changes with λ' (λ' adds a non-negative term), so the right panel is
 the fair comparison: the held-out CE_student − CE_teacher (`heldout_ce_gap`, measured by the
 objective on a fixed held-out slice) against the training FLOPs spent when it was measured. The
-seed's published losses (at its x = 200) are printed under the figure for reference: another teacher,
-student and x axis, so only the ordering compares. Writes the PNG and a PDF beside it.
+seed's published losses (at its x = 200) are printed under the figure for reference: another
+teacher, student and x axis, so only the ordering compares. Writes the PNG and a PDF beside it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from distill.io import InputError, main_guard, setup_logging  # noqa: E402
 from distill.plots.training_curves import save_figure  # noqa: E402
@@ -120,9 +120,11 @@ def main() -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
     published = ", ".join(f"λ'={k:g}: {v:.2f}" for k, v in PUBLISHED.items())
-    fig.text(0.01, -0.03, f"Seed 001 (Llama-3.1-8B → 0.27B student, x = its unitless compute), loss "
-             f"at x = 200: {published}. Other models and x axis: compare the ordering only.",
-             fontsize=8, ha="left")  # fmt: skip
+    note = (
+        f"Seed 001 (Llama-3.1-8B → 0.27B student, x = its unitless compute), loss at x = 200: "
+        f"{published}. Other models and x axis: compare the ordering only."
+    )
+    fig.text(0.01, -0.03, note, fontsize=8, ha="left")
     fig.suptitle(args.title)
     save_figure(fig, args.out)
     log.info("wrote %s (+ .pdf)", args.out)

@@ -1,0 +1,234 @@
+"""The teacher-feedback objective (the λ' sweep): λ' = 0 is the SFT term, the feedback KL is a true
+divergence on sampled tokens only, runs repeat exactly, and the workflow plans only the sweep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import REPO, run_module
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from distill import losses
+from distill.batching import collate, encode_examples
+from distill.io import read_examples
+from distill.objectives import build_objective
+from distill.objectives.feedback import (
+    feedback_batch,
+    prompt_lengths,
+    sample_lengths,
+    token_cross_entropy,
+)
+
+
+def feedback_objective(student_dir, teacher_dir, data, **settings):
+    """(objective, student model, a batch of 4 training examples, tokenizer)."""
+    tokenizer = AutoTokenizer.from_pretrained(student_dir)
+    student = AutoModelForCausalLM.from_pretrained(student_dir)
+    examples = encode_examples(tokenizer, read_examples(data[0]), 48)
+    context = {
+        "student": student,
+        "train_rows": read_examples(data[0]),
+        "train_examples": examples,
+        "valid_examples": encode_examples(tokenizer, read_examples(data[1]), 48),
+        "tokenizer": tokenizer,
+        "accelerator": Accelerator(cpu=True),
+        "seed": 0,
+    }
+    settings = {"teacher": str(teacher_dir), "max_new_tokens": 5, "heldout_examples": 4, **settings}
+    objective = build_objective("feedback", settings, **context)
+    return objective, student, collate(examples[:4], tokenizer.pad_token_id), tokenizer
+
+
+def grads(model) -> list[torch.Tensor]:
+    out = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def test_lambda_prime_zero_is_exactly_the_sft_term(tiny_student_dir, teacher_dir, small_dataset):
+    objective, student, batch, _ = feedback_objective(
+        tiny_student_dir, teacher_dir, small_dataset, lam=1.0, lam_prime=0.0
+    )
+    normaliser = float(batch["target_mask"].sum()) * 3  # a window of three such micro-batches
+    terms = objective.loss(student, batch, normaliser)
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    assert "feedback_kl" not in terms and objective._last_counts == (0, 0)  # nothing sampled
+    assert values["ce_teacher"] > 0  # the constant is in the value...
+    assert values["loss"] == pytest.approx(values["ce_student"] - values["ce_teacher"], abs=1e-6)
+    terms["loss"].backward()
+    objective_grads = grads(student)
+
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    ce = losses.cross_entropy(
+        student(**inputs).logits, batch["labels"], batch["target_mask"], num_tokens=normaliser
+    )
+    assert values["ce_student"] == pytest.approx(float(ce.detach()), abs=1e-6)
+    ce.backward()  # ...but not in the gradient: it is plain cross-entropy's
+    for a, b in zip(objective_grads, grads(student), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+    teacher = objective.teacher.model  # loaded from teacher_dir
+    with torch.no_grad():
+        t_ce = losses.cross_entropy(
+            teacher(**inputs).logits, batch["labels"], batch["target_mask"], normaliser
+        )
+    assert values["ce_teacher"] == pytest.approx(float(t_ce), rel=1e-5)
+    # FLOPs: student fwd+bwd (6N) and one teacher forward (2N_T) per data token, nothing else.
+    n = sum(p.numel() for p in student.parameters())
+    tokens = float(batch["attention_mask"].sum())
+    n_teacher = sum(p.numel() for p in teacher.parameters())
+    assert objective.flops(batch, n) == pytest.approx((6 * n + 2 * n_teacher) * tokens)
+
+
+def test_feedback_kl_is_zero_against_itself_and_positive_otherwise(
+    tiny_student_dir, other_tiny_dir, small_dataset
+):
+    torch.manual_seed(0)
+    same, student, batch, _ = feedback_objective(
+        tiny_student_dir, tiny_student_dir, small_dataset, lam_prime=2.0
+    )
+    values = {k: float(v.detach()) for k, v in same.loss(student, batch, 10.0).items()}
+    assert values["feedback_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert values["sft_term"] == pytest.approx(0.0, abs=1e-6)
+    assert values["sampled_tokens"] > 0
+
+    torch.manual_seed(0)
+    other, student, batch, _ = feedback_objective(
+        tiny_student_dir, other_tiny_dir, small_dataset, lam=0.5, lam_prime=2.0, grad_accum=2
+    )
+    terms = other.loss(student, batch, float(batch["target_mask"].sum()))
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    assert values["feedback_kl"] > 0
+    assert values["loss"] == pytest.approx(values["sft_term"] + 2 * values["feedback_kl"], rel=1e-6)
+    assert values["sft_term"] == pytest.approx(
+        0.5 * (values["ce_student"] - values["ce_teacher"]), rel=1e-6
+    )
+    terms["loss"].backward()
+    assert all(p.grad is not None for p in student.parameters())
+
+
+def test_feedback_rows_are_the_sampled_tokens_only():
+    # Collated rows: prompt lengths 3 and 2 (first target row = prompt_len - 1).
+    target_mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
+    assert prompt_lengths(target_mask).tolist() == [3, 2]
+    eos, pad = 9, 0
+    samples = torch.tensor([[5, 6, eos, 7], [8, 8, 8, 8]])  # row 0 stops at EOS, row 1 never does
+    lengths = sample_lengths(samples, [eos])
+    assert lengths.tolist() == [3, 4]  # EOS kept as the last sampled token; after it: padding
+    prompts = [torch.tensor([1, 2, 3]), torch.tensor([4, 5])]
+    built = feedback_batch(prompts, samples, lengths, pad)
+    assert built["input_ids"].tolist() == [[1, 2, 3, 5, 6, eos], [4, 5, 8, 8, 8, 8]]
+    assert built["attention_mask"].tolist() == [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+    mask = built["feedback_mask"]
+    assert mask.tolist() == [[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 0]]
+    for b in range(2):
+        rows = mask[b].nonzero().flatten()
+        assert int(rows[0]) == len(prompts[b]) - 1  # starts at prompt_len - 1, never earlier
+        predicted = built["input_ids"][b, rows + 1]  # row j predicts token j + 1
+        assert predicted.tolist() == samples[b, : int(lengths[b])].tolist()
+    with pytest.raises(ValueError, match="target row"):
+        prompt_lengths(torch.zeros((1, 4), dtype=torch.bool))
+
+
+def test_sampling_keeps_the_prompt_and_masks_only_new_tokens(
+    tiny_student_dir, other_tiny_dir, small_dataset
+):
+    torch.manual_seed(0)
+    objective, student, batch, tokenizer = feedback_objective(
+        tiny_student_dir, other_tiny_dir, small_dataset, lam_prime=1.0, max_new_tokens=6
+    )
+    built = objective._sample(student, batch)
+    lengths = prompt_lengths(batch["target_mask"])
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.equal(built["input_ids"][b, :n], batch["input_ids"][b, :n])
+        rows = built["feedback_mask"][b].nonzero().flatten()
+        assert int(rows[0]) == n - 1 and 1 <= len(rows) <= 6
+        sampled = built["input_ids"][b, rows + 1]
+        eos = (sampled == tokenizer.eos_token_id).nonzero().flatten()
+        assert len(eos) == 0 or int(eos[0]) == len(sampled) - 1  # nothing sampled after an EOS
+    generated, xy_tokens = objective._last_counts
+    assert xy_tokens == int(built["attention_mask"].sum()) == generated  # prompt + sampled
+    assert int(built["feedback_mask"].sum()) == xy_tokens - int(lengths.sum())
+
+
+def test_topk_teacher_cross_entropy_uses_the_buckets():
+    logits = torch.randn(2, 3, 7, dtype=torch.float64)
+    labels = torch.randint(0, 7, (2, 3))
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]], dtype=torch.bool)
+    exact = token_cross_entropy(logits, labels, mask, 4)
+    full = losses.topk_teacher(logits, k=7)
+    assert float(token_cross_entropy(full, labels, mask, 4)) == pytest.approx(float(exact))
+    top2 = losses.topk_teacher(logits, k=2)
+    assert float(token_cross_entropy(top2, labels, mask, 4)) <= float(exact) + 1e-9
+
+
+def test_bad_settings_are_refused(tiny_student_dir, small_dataset):
+    from distill.io import InputError
+
+    with pytest.raises(InputError, match="unknown keys.*lambda_prime"):
+        feedback_objective(tiny_student_dir, tiny_student_dir, small_dataset, lambda_prime=1)
+
+
+def feedback_run(student, teacher, data, ckpt, out):
+    settings = {"steps": 3, "batch_size": 2, "warmup_steps": 1, "max_len": 48, "lr": 3e-3,
+                "eval_every": 2, "eval_batches": 1, "checkpoint_every": 3}  # fmt: skip
+    objective = {"lam": 1.0, "lam_prime": 1.0, "teacher": str(teacher), "max_new_tokens": 4,
+                 "eval_every": 2, "heldout_examples": 2}  # fmt: skip
+    return run_module(
+        "distill.train", "--objective", "feedback", "--student", student, "--train", data[0],
+        "--valid", data[1], "--settings", json.dumps(settings), "--objective-settings",
+        json.dumps(objective), "--seed", "5", "--precision", "fp32", "--ckpt-dir", ckpt,
+        "--out", out,
+    )  # fmt: skip
+
+
+def test_same_seed_gives_the_same_curve_and_the_figure_draws_it(
+    tmp_path, tiny_student_dir, other_tiny_dir, small_dataset
+):
+    for name in ("a", "b"):
+        feedback_run(tiny_student_dir, other_tiny_dir, small_dataset, tmp_path / f"c{name}",
+                     tmp_path / name)  # fmt: skip
+    a = pd.read_csv(tmp_path / "a" / "train_log.csv").drop(columns="wall_s")
+    b = pd.read_csv(tmp_path / "b" / "train_log.csv").drop(columns="wall_s")
+    for column in ("loss", "ce_student", "ce_teacher", "feedback_kl", "sampled_tokens", "flops"):
+        assert column in a.columns
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    assert a["heldout_step"].tolist() == [0, 0, 2]  # evaluated before steps 1 and 3
+    assert (a["flops"].diff().dropna() > 0).all()
+
+    figure = tmp_path / "lambda_sweep.png"
+    run_module("distill.plots.lambda_sweep", "--runs", f"1={tmp_path / 'a' / 'train_log.csv'}",
+               f"0.5={tmp_path / 'b' / 'train_log.csv'}", "--out", figure)  # fmt: skip
+    assert figure.stat().st_size > 0 and figure.with_suffix(".pdf").stat().st_size > 0
+
+
+def test_workflow_plans_only_the_sweep(tmp_path):
+    """A dry run of the sweep figure in an empty directory: the sweep's jobs and what they need."""
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--nolock", "--snakefile", REPO / "Snakefile",
+         "--directory", tmp_path, "results/figures/lambda_sweep.png",
+         "--configfile", REPO / "config.yaml", REPO / "configs" / "ci.yaml"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout[result.stdout.index("Job stats:") :].splitlines()
+    counts = {}
+    for line in table[3:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    assert counts == {
+        "teacher": 1,
+        "sweep_math_data": 1,
+        "sweep_student_init": 1,
+        "sweep_train": 2,  # configs/ci.yaml: λ' in [0, 1]
+        "lambda_sweep_figure": 1,
+    }
+    assert "lambda_0 " in result.stdout and "--objective feedback" in result.stdout

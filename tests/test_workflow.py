@@ -1,0 +1,94 @@
+"""The workflow itself: lint and format checks, config errors, the paper config's plan, and a
+full run of configs/ci.yaml to every figure and the report (in a copy of the repository)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+
+
+def snakemake(*args, cwd=REPO, timeout=1200):
+    return subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def copy_repo(dest: Path) -> Path:
+    """The tracked and untracked-but-not-ignored files of the checkout (what a clone has)."""
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+        text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
+def test_lint_and_format_are_clean():
+    lint = snakemake("--lint")
+    assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+    fmt = subprocess.run([str(BIN / "snakefmt"), "--check", "."], cwd=REPO, capture_output=True)
+    assert fmt.returncode == 0, fmt.stderr.decode()
+    for args in (
+        ["check", "src", "tests", "bench"],
+        ["format", "--check", "src", "tests", "bench"],
+    ):
+        ruff = subprocess.run([str(BIN / "ruff"), *args], cwd=REPO, capture_output=True, text=True)
+        assert ruff.returncode == 0, ruff.stdout
+
+
+def test_paper_config_plans_offline_with_gpu_requests():
+    plan = snakemake("-n", "--configfile", "configs/paper.yaml", "--profile", "profiles/slurm")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    text = plan.stdout + plan.stderr
+    assert "rule train_kd:" in text and "gpu=" in text
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train: {stpes: 3}", "unknown config key `stpes` (did you mean `steps`?)"),
+        ("train: {lr: fast}", "config key `train.lr`: 'fast' is not of type 'number'"),
+        ("kd: {divergence: kl}", "config key `kd.divergence`"),
+    ],
+)
+def test_bad_config_stops_before_any_job(tmp_path, override, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(override + "\n")
+    result = snakemake("-n", "--configfile", str(bad))
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_ci_config_runs_to_every_figure_and_the_report(tmp_path):
+    repo = copy_repo(tmp_path / "repo")
+    run = snakemake("-c2", "--configfile", "configs/ci.yaml", cwd=repo)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    figures = sorted(p.name for p in (repo / "results/figures").glob("*.png"))
+    expected = {"sft_loss.png", "training_curves.png", "ddk_weights.png", "ddk_domain_ppl.png"}
+    assert expected <= set(figures), figures
+    for name in figures:
+        assert (repo / "results/figures" / name).with_suffix(".pdf").exists()
+    for model in ("student_sft", "student_kd", "student_kd_dae", "student_ddk_ddk"):
+        log = (repo / "results/models" / model / "train_log.csv").read_text().splitlines()
+        assert log[0].startswith("step,tokens,flops,wall_s,lr,loss")
+    report = snakemake(
+        "--configfile", "configs/ci.yaml", "--report", "results/report.zip", cwd=repo
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    with zipfile.ZipFile(repo / "results/report.zip") as z:
+        names = z.namelist()
+    assert any(n.endswith("sft_loss.png") for n in names)
+    # A rerun has nothing to do: every output is complete and up to date.
+    again = snakemake("-n", "-c2", "--configfile", "configs/ci.yaml", cwd=repo)
+    assert "Nothing to be done" in again.stdout + again.stderr
