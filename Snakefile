@@ -16,6 +16,7 @@ include: "workflow/rules/kd.smk"
 include: "workflow/rules/dae.smk"
 include: "workflow/rules/ddk.smk"
 include: "workflow/rules/sweep.smk"
+include: "workflow/rules/eval.smk"
 include: "workflow/rules/plots.smk"
 
 

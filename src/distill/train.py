@@ -225,10 +225,9 @@ def main() -> None:
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, settings["warmup_steps"], settings["steps"]
     )
-    model, optimizer = accelerator.prepare(model, optimizer)
-    n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
+    n_params = sum(p.numel() for p in model.parameters())
 
-    # --- resume ------------------------------------------------------------------------------
+    # --- resume: into the bare model and optimizer, before `prepare` wraps/shards them --------
     step, tokens, flops, wall, rows = 0, 0, 0.0, 0.0, []
     ckpt_path = ckpt_dir / CHECKPOINT
     if ckpt_path.exists():
@@ -238,7 +237,7 @@ def main() -> None:
                 f"{ckpt_path}: made with other settings or seed than this run. Fix: delete "
                 f"{ckpt_dir} to start over, or rerun with the settings it was made with."
             )
-        accelerator.unwrap_model(model).load_state_dict(state["model"])
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         sampler.load_state_dict(state["sampler"])
@@ -248,6 +247,7 @@ def main() -> None:
             state[k] for k in ("step", "tokens", "flops", "wall", "rows")
         )
         log.info("resumed from %s at step %d", ckpt_path, step)
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     # --- train -------------------------------------------------------------------------------
     log.info(
@@ -326,9 +326,10 @@ def main() -> None:
                 write_log(ckpt_dir / "train_log.csv", rows)
         if step % settings["checkpoint_every"] == 0 or step == settings["steps"]:
             rng = gather_object([capture_rng()])
+            weights = accelerator.get_state_dict(model)  # every rank: FSDP gathers shards
             if accelerator.is_main_process:
                 state = {
-                    "model": accelerator.unwrap_model(model).state_dict(),
+                    "model": weights,
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "sampler": sampler.state_dict(),
@@ -346,6 +347,7 @@ def main() -> None:
 
     # --- export: the model, its log and held-out metrics, atomically ---------------------------
     metrics = evaluate(model, valid_examples, settings["batch_size"], pad_id, accelerator)
+    weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
         summary = {
             "objective": args.objective,
@@ -358,7 +360,7 @@ def main() -> None:
             "valid_ce_by_domain": {k: v for k, v in metrics.items() if k != "all"},
         }
         with atomic_dir(args.out) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=weights)
             tokenizer.save_pretrained(tmp)
             write_log(tmp / "train_log.csv", rows)
             (tmp / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")

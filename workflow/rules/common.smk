@@ -16,6 +16,8 @@ FIGURE_NAMES = [
     "ddk_weights",
     "ddk_domain_ppl",
     "lambda_sweep",
+    "radar",
+    "evaluation",
 ]
 FIGURES = [f"results/figures/{name}.png" for name in FIGURE_NAMES]
 FIGURES.append("results/eval/domains/accuracy.csv")
@@ -28,10 +30,41 @@ TRAINING_RUNS = {
 }
 # Models whose per-domain perplexity and math accuracy are measured (DDK's figure, the table).
 DOMAIN_EVAL_MODELS = {"teacher": "results/models/teacher", **TRAINING_RUNS}
+if config["ddk"]["teacher"] != "teacher":
+    DOMAIN_EVAL_MODELS["ddk_teacher"] = f"results/models/{config['ddk']['teacher']}"
+# Every model MT-Bench/AlpacaEval can judge: name -> model directory (the schema's
+# eval.$defs.model_name lists the same names); EVAL_MODELS: those config eval.models picks.
+MODEL_DIRS = {
+    "teacher": "results/models/teacher",
+    "student_init": "results/models/student_init",
+    "sft": "results/models/student_sft",
+    "kd": "results/models/student_kd",
+    "kd_dae": "results/models/student_kd_dae",
+    **{
+        ("ddk" if m == "ddk" else f"ddk_{m}"): f"results/models/student_ddk_{m}"
+        for m in ["ddk", "natural", "no_smoothing", "equal"]
+    },
+}
+EVAL_MODELS = {name: MODEL_DIRS[name] for name in config["eval"]["models"]}
 SPLITS = ["train", "valid", "test"]
 PRECISION = config["precision"]
 ENV = "../../envs/distill.yaml"  # the conda environment of every rule (--sdm conda)
 GPUS = config["gpus"]  # the `gpu` resource of every rule that a GPU speeds up
+
+
+# How training starts: one process, or one per GPU through accelerate (DDP, FSDP or DeepSpeed).
+TRAIN_GPUS = config["train_gpus"]
+TRAIN_LAUNCH = (
+    "python -m distill.train"
+    if TRAIN_GPUS == 1
+    else f"accelerate launch --num_processes {TRAIN_GPUS} "
+    f"--config_file workflow/accelerate/{config['distributed']}.yaml -m distill.train"
+)
+# The SLURM executor's request for a training job: all GPUs to one task that starts the
+# processes itself (tasks_per_gpu=0: the plugin would otherwise start the script once per GPU).
+TRAIN_RESOURCES = {"gpu": max(GPUS, TRAIN_GPUS) if GPUS else 0}
+if TRAIN_GPUS > 1:
+    TRAIN_RESOURCES["tasks_per_gpu"] = 0
 
 
 def as_json(value):
@@ -66,11 +99,24 @@ def cache_path(teacher, dataset):
 
 
 def teacher_inputs(stage, dataset, teachers=("teacher",)):
-    """A stage's teacher directories, and their caches when the stage reads from caches."""
-    inputs = {name: f"results/models/{name}" for name in teachers}
+    """A stage's teacher directories, and their caches when the stage reads from caches.
+
+    Keys are the roles (teacher, expert); a stage may name another model for a role
+    (`ddk.teacher: qwen14b`), resolved from models.extra.
+    """
+    models = {role: config[stage].get(role, role) for role in teachers}
+    inputs = {role: f"results/models/{name}" for role, name in models.items()}
     if config[stage]["teacher_source"] == "cache":
-        inputs.update({f"{name}_cache": cache_path(name, dataset) for name in teachers})
+        inputs.update(
+            {f"{r}_cache": cache_path(name, dataset) for r, name in models.items()}
+        )
     return inputs
+
+
+# The student each teacher's cache measures its top-k error against (same tokenizer).
+CACHE_STUDENT = {"teacher": "student_init", "expert": "student_init"}
+CACHE_STUDENT[config["ddk"]["teacher"]] = config["ddk"]["student"]
+TEACHER_NAMES = "|".join(sorted({"teacher", "expert", *config["models"]["extra"]}))
 
 
 def objective_settings(stage, keys, input, **extra):

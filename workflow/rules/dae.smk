@@ -37,15 +37,16 @@ else:
             ENV
         threads: 2
         resources:
+            **TRAIN_RESOURCES,
             mem_mb=16000,
             runtime=runtime_min(120),
-            gpu=GPUS,
         params:
+            launch=TRAIN_LAUNCH,
             settings=as_json({**config["train"], **config["dae"]["expert"]["train"]}),
             seed=config["seed"],
             precision=PRECISION,
         shell:
-            "python -m distill.train --objective sft --student {input.teacher} "
+            "{params.launch} --objective sft --student {input.teacher} "
             "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
             "--seed {params.seed} --precision {params.precision} "
             "--ckpt-dir results/checkpoints/expert --out {output} > {log} 2>&1"
@@ -89,10 +90,11 @@ rule train_dae:
         ENV
     threads: 2
     resources:
+        **TRAIN_RESOURCES,
         mem_mb=16000,
         runtime=runtime_min(120),
-        gpu=GPUS,
     params:
+        launch=TRAIN_LAUNCH,
         settings=train_settings("dae"),
         objective=lambda wildcards, input: objective_settings(
             "dae",
@@ -105,7 +107,7 @@ rule train_dae:
         seed=config["seed"],
         precision=PRECISION,
     shell:
-        "python -m distill.train --objective dae --student {input.student} "
+        "{params.launch} --objective dae --student {input.student} "
         "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
         "--objective-settings {params.objective:q} --seed {params.seed} "
         "--precision {params.precision} "

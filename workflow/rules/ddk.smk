@@ -8,7 +8,7 @@ DDK_KEYS += ["valid_per_domain"]
 rule train_ddk:
     input:
         **teacher_inputs("ddk", "instructions"),
-        student="results/models/student_init",
+        student=f"results/models/{config['ddk']['student']}",
         train="results/data/instructions/train.jsonl",
         valid="results/data/instructions/valid.jsonl",
     output:
@@ -23,10 +23,11 @@ rule train_ddk:
         ENV
     threads: 2
     resources:
+        **TRAIN_RESOURCES,
         mem_mb=16000,
         runtime=runtime_min(120),
-        gpu=GPUS,
     params:
+        launch=TRAIN_LAUNCH,
         settings=train_settings("ddk"),
         objective=lambda wildcards, input: objective_settings(
             "ddk", DDK_KEYS, input, mode=wildcards.mode
@@ -34,7 +35,7 @@ rule train_ddk:
         seed=config["seed"],
         precision=PRECISION,
     shell:
-        "python -m distill.train --objective ddk --student {input.student} "
+        "{params.launch} --objective ddk --student {input.student} "
         "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
         "--objective-settings {params.objective:q} --seed {params.seed} "
         "--precision {params.precision} "

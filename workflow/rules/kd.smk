@@ -4,7 +4,7 @@
 rule teacher_cache:
     input:
         teacher="results/models/{teacher}",
-        student="results/models/student_init",
+        student=lambda wildcards: f"results/models/{CACHE_STUDENT[wildcards.teacher]}",
         data="results/data/{dataset}/train.jsonl",
         heldout="results/data/{dataset}/valid.jsonl",
     output:
@@ -14,7 +14,7 @@ rule teacher_cache:
     benchmark:
         "results/benchmarks/cache/{teacher}_{dataset}.tsv"
     wildcard_constraints:
-        teacher="teacher|expert",
+        teacher=TEACHER_NAMES,
         dataset="instructions|dae",
     conda:
         ENV
@@ -52,16 +52,17 @@ rule train_kd:
         ENV
     threads: 2
     resources:
+        **TRAIN_RESOURCES,
         mem_mb=16000,
         runtime=runtime_min(120),
-        gpu=GPUS,
     params:
+        launch=TRAIN_LAUNCH,
         settings=train_settings("kd"),
         objective=lambda wildcards, input: objective_settings("kd", KD_KEYS, input),
         seed=config["seed"],
         precision=PRECISION,
     shell:
-        "python -m distill.train --objective kd --student {input.student} "
+        "{params.launch} --objective kd --student {input.student} "
         "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
         "--objective-settings {params.objective:q} --seed {params.seed} "
         "--precision {params.precision} "

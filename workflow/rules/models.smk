@@ -35,3 +35,21 @@ rule student_init:
     shell:
         "python -m distill.models.student --teacher {input} --spec {params.spec:q} "
         "--seed {params.seed} --out {output} > {log} 2>&1"
+
+
+rule extra_model:
+    output:
+        directory("results/models/{name}"),
+    log:
+        "results/logs/models/{name}.log",
+    wildcard_constraints:
+        name="|".join(config["models"]["extra"]) or "(?!)",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=runtime_min(60),
+    params:
+        source=lambda wildcards: config["models"]["extra"][wildcards.name],
+    shell:
+        "python -m distill.models.resolve --source {params.source:q} --out {output} > {log} 2>&1"

@@ -16,15 +16,16 @@ rule train_sft:
         ENV
     threads: 2
     resources:
+        **TRAIN_RESOURCES,
         mem_mb=12000,
         runtime=runtime_min(60),
-        gpu=GPUS,
     params:
+        launch=TRAIN_LAUNCH,
         settings=train_settings("sft"),
         seed=config["seed"],
         precision=PRECISION,
     shell:
-        "python -m distill.train --objective sft --student {input.student} "
+        "{params.launch} --objective sft --student {input.student} "
         "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
         "--seed {params.seed} --precision {params.precision} "
         "--ckpt-dir results/checkpoints/student_sft --out {output} > {log} 2>&1"

@@ -84,10 +84,11 @@ rule sweep_train:
         ENV
     threads: 2
     resources:
+        **TRAIN_RESOURCES,
         mem_mb=8000,
         runtime=runtime_min(60),
-        gpu=GPUS,
     params:
+        launch=TRAIN_LAUNCH,
         settings=as_json(SWEEP_TRAIN),
         objective=lambda wildcards, input: as_json(
             {
@@ -99,7 +100,7 @@ rule sweep_train:
         seed=config["seed"],
         precision=PRECISION,
     shell:
-        "python -m distill.train --objective feedback --student {input.student} "
+        "{params.launch} --objective feedback --student {input.student} "
         "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
         "--objective-settings {params.objective:q} --seed {params.seed} "
         "--precision {params.precision} "

@@ -4,12 +4,13 @@ Launch:
 
     # judge a model's outputs against the reference outputs -> alpaca_eval annotations
     python -m distill.eval.alpaca annotate \\
-        --model-outputs results/eval/alpaca/student/model_outputs.json \\
-        --reference-outputs results/eval/alpaca/teacher/model_outputs.json \\
-        --judge-config judge.yaml --out results/eval/alpaca/student/annotations.json
+        --model-outputs results/eval/alpaca/outputs/sft.json \\
+        --reference-outputs results/eval/alpaca/outputs/teacher.json \\
+        --judge-config judge.yaml --out results/eval/alpaca/annotations/sft.json
+    # (--judge-json '{"kind": "transformers", "model_dir": ...}' instead of a YAML file)
 
     # annotations (one or more files) -> leaderboard, one row per generator
-    python -m distill.eval.alpaca score --annotations results/eval/alpaca/*/annotations.json \\
+    python -m distill.eval.alpaca score --annotations results/eval/alpaca/annotations/*.json \\
         --out results/eval/alpaca/leaderboard.csv
 
 Formats (alpaca_eval's):
@@ -59,6 +60,7 @@ from typing import Any
 
 import pandas as pd
 
+from distill.eval.mtbench import add_judge_arguments, judge_settings  # one judge CLI for both
 from distill.io import InputError, atomic_path, main_guard, setup_logging, write_json
 
 log = logging.getLogger(__name__)
@@ -393,12 +395,11 @@ def leaderboard(annotations: Sequence[Mapping] | pd.DataFrame) -> pd.DataFrame:
 
 def cmd_annotate(args: argparse.Namespace) -> None:
     from distill.eval.judges import JudgeError, judge_from_config
-    from distill.eval.mtbench import _load_yaml_mapping
 
     rows = pair_outputs(
         read_model_outputs(args.reference_outputs), read_model_outputs(args.model_outputs)
     )
-    judge = judge_from_config(_load_yaml_mapping(args.judge_config), where=args.judge_config)
+    judge = judge_from_config(*judge_settings(args))
     try:
         records = annotate(judge, rows, annotator=args.annotator)
     except JudgeError as e:
@@ -426,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = sub.add_parser("annotate", help="judge model outputs against reference outputs")
     a.add_argument("--model-outputs", required=True)
     a.add_argument("--reference-outputs", required=True)
-    a.add_argument("--judge-config", required=True, help="YAML mapping of judge settings")
+    add_judge_arguments(a)
     a.add_argument("--annotator", default=ANNOTATOR)
     a.add_argument("--out", required=True)
     a.set_defaults(fn=cmd_annotate)

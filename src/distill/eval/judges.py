@@ -585,7 +585,7 @@ class TransformersJudge:
             with torch.no_grad():
                 out = self.model(
                     input_ids=torch.tensor([[digits[0]]], device=self.model.device),
-                    past_key_values=cache,
+                    cache=cache,  # transformers 5 calls the KV cache `cache`
                     use_cache=True,
                 )
             second = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
@@ -627,7 +627,7 @@ class TransformersJudge:
                 use_cache=True,
                 logits_to_keep=1,  # only the last position's logits: no (T, V) tensor
             )
-        return torch.log_softmax(out.logits[0, -1].float(), dim=-1), out.past_key_values
+        return torch.log_softmax(out.logits[0, -1].float(), dim=-1), out.cache
 
     def _one_token(self, choice: str) -> int:
         ids = self.tokenizer.encode(choice, add_special_tokens=False)

@@ -4,12 +4,12 @@ Launch:
 
     # judge answer files (FastChat's model_answer format) -> judgments (gen_judgment.py's format)
     python -m distill.eval.mtbench judge --answers results/eval/mtbench/answers/student.jsonl \\
-        --data-dir results/eval/mtbench_data --judge-config judge.yaml \\
+        --data-dir results/eval/mtbench/data --judge-config judge.yaml \\
         --out results/eval/mtbench/judgments/student.jsonl
 
     # judgments -> per-model table (turn1, turn2, overall, 8 category means)
     python -m distill.eval.mtbench score --judgments results/eval/mtbench/judgments/*.jsonl \\
-        --questions results/eval/mtbench_data/question.jsonl --out results/eval/mtbench/scores.csv
+        --questions results/eval/mtbench/data/question.jsonl --out results/eval/mtbench/scores.csv
 
 Formats (FastChat's, so files move between this project and FastChat):
 - question.jsonl: {"question_id": int, "category": str, "turns": [str, str], ("reference": [..])}
@@ -407,11 +407,20 @@ def plan_requests(
 def judge_answers(judge, requests: Sequence[JudgeRequest]) -> list[dict]:
     """Ask `judge` (a distill.eval.judges.Judge) for every request; one judgment record each.
 
-    The judge's cache keeps every paid reply, so an interrupted run resumes for free.
+    A judge whose `rating` is "expected" (the in-process TransformersJudge) gives its rating with
+    `rate(messages) -> (score, text)`: the score is the probability-weighted rating (a float in
+    [1, 10]) and the text records how it was read. Otherwise the judge writes its judgment and
+    the score is FastChat's [[x]] parse of it. The judge's cache keeps every paid reply, so an
+    interrupted run resumes for free.
     """
     from distill.eval.judges import judge_map
 
+    expected = getattr(judge, "rating", "generate") == "expected"
+
     def one(r: JudgeRequest) -> dict:
+        if expected:
+            score, text = judge.rate(r.messages)
+            return make_judgment(r, judge.name, text) | {"score": score}
         text = judge.complete(
             r.messages, max_tokens=JUDGE_MAX_TOKENS, temperature=JUDGE_TEMPERATURE
         )
@@ -474,6 +483,26 @@ def aggregate(
 # --- CLI ---------------------------------------------------------------------------------------
 
 
+def judge_settings(args: argparse.Namespace) -> tuple[dict, str]:
+    """The judge's settings from --judge-config (a YAML file) or --judge-json (inline JSON),
+    and a name for messages."""
+    if args.judge_json:
+        try:
+            data = json.loads(args.judge_json)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--judge-json is not valid JSON ({e.msg}).") from None
+        if not isinstance(data, dict):
+            raise InputError("--judge-json: expected a JSON object of judge settings.")
+        return data, "--judge-json"
+    return _load_yaml_mapping(args.judge_config), args.judge_config
+
+
+def add_judge_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--judge-config", help="YAML mapping of judge settings")
+    group.add_argument("--judge-json", help="the judge settings as one JSON object")
+
+
 def _load_yaml_mapping(path: str) -> dict:
     import yaml
 
@@ -500,7 +529,7 @@ def cmd_judge(args: argparse.Namespace) -> None:
         if name in answers_by_model:
             raise InputError(f"{path}: model {name} given twice. Fix: one answer file per model.")
         answers_by_model[name] = answers
-    judge = judge_from_config(_load_yaml_mapping(args.judge_config), where=args.judge_config)
+    judge = judge_from_config(*judge_settings(args))
     requests = plan_requests(questions, answers_by_model, judge_prompts, ref_answers)
     log.info("%d judge calls for %d model(s)", len(requests), len(answers_by_model))
     try:
@@ -530,11 +559,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     j = sub.add_parser("judge", help="judge answer files into a judgments jsonl")
     j.add_argument("--answers", nargs="+", required=True, help="model_answer jsonl, one per model")
-    j.add_argument("--data-dir", default="results/eval/mtbench_data")
+    j.add_argument("--data-dir", default="results/eval/mtbench/data")
     j.add_argument("--questions", help="default: DATA_DIR/question.jsonl")
     j.add_argument("--judge-prompts", help="default: DATA_DIR/judge_prompts.jsonl")
     j.add_argument("--reference", help="default: DATA_DIR/reference_answer/gpt-4.jsonl")
-    j.add_argument("--judge-config", required=True, help="YAML mapping of judge settings")
+    add_judge_arguments(j)
     j.add_argument("--out", required=True)
     j.set_defaults(fn=cmd_judge)
     s = sub.add_parser("score", help="per-model MT-Bench scores from judgment files")

@@ -1,6 +1,6 @@
 """Build a student model that shares its teacher's tokenizer.
 
-Two ways, chosen in config (`models.student`):
+Three ways, chosen in config (`models.student.method`):
   - `layers: [0, 6, 12, ...]`: a slice of the teacher: same embeddings, final norm, LM head and
     attention heads, keeping only the listed decoder layers (DistilBERT/"layer dropping" init);
   - `sizes: {hidden_size, num_hidden_layers, num_attention_heads, ...}`: a model of the teacher's
@@ -94,7 +94,9 @@ def model_from_sizes(teacher, sizes: dict, seed: int):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True, help="teacher model directory")
-    parser.add_argument("--spec", required=True, help="JSON: {layers: [...]} | {sizes: {...}}")
+    parser.add_argument(
+        "--spec", required=True, help='JSON: {"method": "layers"|"sizes"|"source", ...}'
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -102,20 +104,25 @@ def main() -> None:
     spec = json.loads(args.spec)
 
     teacher, tokenizer = load_source(args.teacher)
-    if spec.get("source"):
+    method = spec.get("method") or next(k for k in ("layers", "sizes", "source") if k in spec)
+    if method == "source":
+        if not spec.get("source"):
+            raise InputError(
+                "models.student.method is `source` but models.student.source is empty."
+            )
         student, student_tok = load_source(spec["source"])
         check_same_tokenizer(tokenizer, student_tok, args.teacher, spec["source"])
         how = f"source {spec['source']}"
-    elif spec.get("layers"):
+    elif method == "layers":
         student = slice_teacher(teacher, list(spec["layers"]))
         how = f"teacher layers {spec['layers']}"
-    elif spec.get("sizes"):
+    elif method == "sizes":
         student = model_from_sizes(teacher, dict(spec["sizes"]), args.seed)
         how = f"sizes {spec['sizes']} (random init, seed {args.seed})"
     else:
         raise InputError(
-            "models.student: give one of `layers` (a slice of the teacher), `sizes` (a fresh "
-            "model of the teacher's architecture) or `source` (an existing model)."
+            f"models.student.method `{method}`: choose `layers` (a slice of the teacher), `sizes` "
+            "(a fresh model of the teacher's architecture) or `source` (an existing model)."
         )
     n_params = sum(p.numel() for p in student.parameters())
     info = {"built_from": how, "teacher": str(Path(args.teacher)), "parameters": n_params}
