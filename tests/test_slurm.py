@@ -17,10 +17,13 @@ are skipped, or fail when the environment variable ``CI`` is set (CI must not si
 skip them).
 
 Timing: SLURM enforces time limits in whole minutes and checks them only every 30 s, so
-the time-limit test needs about 3.5 min whatever we do. To keep the whole file near that,
-its snakemake run is started in the background before the first test of this module and
-the other tests run meanwhile (the node has room for both). Everything else takes
-seconds: the cluster starts in ~2 s, each SLURM job costs ~12 s of snakemake overhead.
+the time-limit scenario takes ~3.7 min whatever we do (attempt 1 is killed 60-91 s after
+it starts, attempt 2 sleeps 95 s, plus the plugin's polling). To keep the whole file near
+that, its snakemake run is started in the background before the first test of this
+module and the other tests run meanwhile (the node has room for both). The cluster
+starts in ~1.5 s; each tiny SLURM job costs ~12 s (two snakemake start-ups inside the job
+plus status polling). Measured on 2 cores: ~3.8 min without the workflow test, ~6 min
+with it.
 
 Run just these tests with ``pytest -m slurm``; deselect them with ``-m "not slurm"``.
 """

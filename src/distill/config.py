@@ -14,7 +14,6 @@ import difflib
 import sys
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 from distill.io import InputError
@@ -24,6 +23,8 @@ SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.
 
 def _fill_defaults(validator_class):
     """A validator class that also writes each property's `default` into the instance."""
+    import jsonschema
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -40,7 +41,8 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def _message(error: jsonschema.ValidationError, source: str) -> str:
+def _message(error, source: str) -> str:
+    """One paragraph for a jsonschema.ValidationError: the key, the problem, the fix."""
     where = _key(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
     if error.validator == "additionalProperties":
@@ -65,6 +67,8 @@ def _message(error: jsonschema.ValidationError, source: str) -> str:
 
 def validate_config(config: dict, source: str = "config", schema_path: Path = SCHEMA) -> dict:
     """Validate `config` in place (defaults filled) and return it; InputError on the first error."""
+    import jsonschema  # here, not at the top: training imports this module for SCHEMA only
+
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator_class = _fill_defaults(jsonschema.validators.validator_for(schema))
     errors = sorted(

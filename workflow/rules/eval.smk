@@ -67,9 +67,10 @@ rule mtbench_data:
         runtime=runtime_min(10),
     params:
         source=EVAL["mtbench"]["data_source"],
+        out_dir=f"{MTBENCH}/data",
     shell:
         "python -m distill.eval.mtbench_data --source {params.source:q} "
-        "--out-dir {MTBENCH}/data > {log} 2>&1"
+        "--out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule mtbench_questions:
