@@ -10,7 +10,7 @@ Also: the loss's peak memory at vocab 49152, chunked vs unchunked, and the cache
 against full fp16 logits with its top-k error (from the cache manifest).
 
     python bench/bench_kd.py --steps 12 --out bench/results/kd.json   (after `snakemake -c2
-        results/cache/teacher/instructions`, which makes the models, data and cache it reads)
+        results/cache/teacher/instructions/manifest.json`, which makes the models, data and cache it reads)
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 # Helpers shared by every stage: config validation, settings as JSON, resource functions.
 import json
+import os
 
 from distill.config import validate_config
 from distill.io import InputError
@@ -95,7 +96,14 @@ KD_KEYS += [
 
 
 def cache_path(teacher, dataset):
-    return f"results/cache/{teacher}/{dataset}"
+    """The cache's manifest: the rule's output is this file, not the folder, so that the shards
+    a failed or killed job finished stay on disk (Snakemake deletes a failed job's outputs).
+    """
+    return f"results/cache/{teacher}/{dataset}/manifest.json"
+
+
+def folder_of(path):
+    return os.path.dirname(path) if path else None
 
 
 def teacher_inputs(stage, dataset, teachers=("teacher",)):
@@ -123,6 +131,6 @@ def objective_settings(stage, keys, input, **extra):
     """A stage's config keys as its objective's settings, with the teacher/cache paths."""
     settings = {k: config[stage][k] for k in keys}
     settings["teacher"] = input.teacher
-    settings["cache"] = input.get("teacher_cache")
+    settings["cache"] = folder_of(input.get("teacher_cache"))
     settings.update(extra)
     return as_json(settings)

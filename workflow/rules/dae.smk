@@ -101,7 +101,7 @@ rule train_dae:
             DAE_KEYS,
             input,
             expert=input.expert,
-            expert_cache=input.get("expert_cache"),
+            expert_cache=folder_of(input.get("expert_cache")),
             domains=config["dae"]["domains"],
         ),
         seed=config["seed"],

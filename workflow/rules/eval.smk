@@ -14,12 +14,16 @@ if JUDGE["kind"] == "transformers":
         "AlpacaEval P(m)/P(M)"
     )
 else:
-    JUDGE_LABEL = f"{JUDGE['model']} (OpenAI-compatible); MT-Bench [[x]], AlpacaEval P(m)/P(M)"
+    JUDGE_LABEL = (
+        f"{JUDGE['model']} (OpenAI-compatible); MT-Bench [[x]], AlpacaEval P(m)/P(M)"
+    )
 ALPACA_INSTRUCTIONS = {
     "heldout": "results/data/instructions/heldout.jsonl",
     "hub": "hub",
 }.get(EVAL["alpaca"]["instructions"], EVAL["alpaca"]["instructions"])
-REFERENCE_NAME = EVAL["alpaca"]["reference_outputs"] or EVAL["alpaca"]["reference_model"]
+REFERENCE_NAME = (
+    EVAL["alpaca"]["reference_outputs"] or EVAL["alpaca"]["reference_model"]
+)
 REFERENCE_OUTPUTS = (
     EVAL["alpaca"]["reference_outputs"]
     or f"{ALPACA}/outputs/{EVAL['alpaca']['reference_model']}.json"

@@ -8,7 +8,7 @@ rule teacher_cache:
         data="results/data/{dataset}/train.jsonl",
         heldout="results/data/{dataset}/valid.jsonl",
     output:
-        directory("results/cache/{teacher}/{dataset}"),
+        "results/cache/{teacher}/{dataset}/manifest.json",
     log:
         "results/logs/cache/{teacher}_{dataset}.log",
     benchmark:
@@ -33,7 +33,8 @@ rule teacher_cache:
         "--k {params.cache[k]} --temperature {params.temperature} --max-len {params.max_len} "
         "--batch-size {params.cache[batch_size]} --shard-examples {params.cache[shard_examples]} "
         "--error-examples {params.cache[error_examples]} --student {input.student} "
-        "--heldout {input.heldout} --precision {params.precision} --out {output} > {log} 2>&1"
+        "--heldout {input.heldout} --precision {params.precision} "
+        "--out $(dirname {output}) > {log} 2>&1"
 
 
 rule train_kd:
