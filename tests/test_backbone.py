@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -206,3 +207,15 @@ def test_a_checkpoint_from_other_settings_is_refused(tmp_path, tiny_student_dir,
     other = train_args(tiny_student_dir, small_dataset, tmp_path / "b", ckpt, steps=4)
     result = run_module("distill.train", *other, check=False)
     assert result.returncode == 2 and "made with other settings" in result.stderr
+
+
+def test_a_damaged_model_file_is_found_before_training(tmp_path, tiny_student_dir, small_dataset):
+    damaged = tmp_path / "student"
+    shutil.copytree(tiny_student_dir, damaged)
+    weights = damaged / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size - 100)
+    result = run_module("distill.train", *train_args(damaged, small_dataset, tmp_path / "o",
+                                                    tmp_path / "c"), check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert f"{weights}: damaged weight file" in result.stderr

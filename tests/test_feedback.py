@@ -175,30 +175,38 @@ def test_bad_settings_are_refused(tiny_student_dir, small_dataset):
         feedback_objective(tiny_student_dir, tiny_student_dir, small_dataset, lambda_prime=1)
 
 
-def feedback_run(student, teacher, data, ckpt, out):
+def feedback_run(student, teacher, data, ckpt, out, env=None, check=True):
     settings = {"steps": 3, "batch_size": 2, "warmup_steps": 1, "max_len": 48, "lr": 3e-3,
-                "eval_every": 2, "eval_batches": 1, "checkpoint_every": 3}  # fmt: skip
+                "eval_every": 2, "eval_batches": 1, "checkpoint_every": 1}  # fmt: skip
     objective = {"lam": 1.0, "lam_prime": 1.0, "teacher": str(teacher), "max_new_tokens": 4,
                  "eval_every": 2, "heldout_examples": 2}  # fmt: skip
     return run_module(
         "distill.train", "--objective", "feedback", "--student", student, "--train", data[0],
         "--valid", data[1], "--settings", json.dumps(settings), "--objective-settings",
         json.dumps(objective), "--seed", "5", "--precision", "fp32", "--ckpt-dir", ckpt,
-        "--out", out,
+        "--out", out, env=env, check=check,
     )  # fmt: skip
 
 
-def test_same_seed_gives_the_same_curve_and_the_figure_draws_it(
+def test_same_seed_gives_the_same_curve_after_a_kill_too_and_the_figure_draws_it(
     tmp_path, tiny_student_dir, other_tiny_dir, small_dataset
 ):
-    for name in ("a", "b"):
-        feedback_run(tiny_student_dir, other_tiny_dir, small_dataset, tmp_path / f"c{name}",
-                     tmp_path / name)  # fmt: skip
+    run = (tiny_student_dir, other_tiny_dir, small_dataset)
+    feedback_run(*run, tmp_path / "ca", tmp_path / "a")
+    # A second run with the same seed, killed after step 2 (its last checkpoint), then resumed.
+    killed = feedback_run(*run, tmp_path / "cb", tmp_path / "b",
+                          env={"DISTILL_KILL_AFTER_STEP": "2"}, check=False)  # fmt: skip
+    assert killed.returncode == -9
     a = pd.read_csv(tmp_path / "a" / "train_log.csv").drop(columns="wall_s")
+    before_kill = pd.read_csv(tmp_path / "cb" / "train_log.csv").drop(columns="wall_s")
+    pd.testing.assert_frame_equal(a.iloc[:2], before_kill, check_exact=True)  # same seed
+
+    resumed = feedback_run(*run, tmp_path / "cb", tmp_path / "b")
+    assert "resumed from" in resumed.stderr
     b = pd.read_csv(tmp_path / "b" / "train_log.csv").drop(columns="wall_s")
     for column in ("loss", "ce_student", "ce_teacher", "feedback_kl", "sampled_tokens", "flops"):
         assert column in a.columns
-    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    pd.testing.assert_frame_equal(a, b, check_exact=True)  # resumed: the same curve
     assert a["heldout_step"].tolist() == [0, 0, 2]  # evaluated before steps 1 and 3
     assert (a["flops"].diff().dropna() > 0).all()
 

@@ -33,6 +33,9 @@ class LocalTeacher:
     def __init__(self, model_dir: str, device, dtype=torch.float32, attentions: bool = False):
         from transformers import AutoModelForCausalLM
 
+        from distill.models.resolve import check_model_dir
+
+        check_model_dir(model_dir)
         self.name = str(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(
             model_dir, dtype=dtype, attn_implementation="eager" if attentions else "sdpa"

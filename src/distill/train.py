@@ -46,6 +46,7 @@ from distill import losses
 from distill.batching import collate, encode_examples
 from distill.config import SCHEMA
 from distill.io import InputError, atomic_dir, atomic_path, main_guard, read_examples, setup_logging
+from distill.models.resolve import check_model_dir
 from distill.objectives import build_objective, needs_attentions
 
 CHECKPOINT = "checkpoint.pt"
@@ -188,6 +189,7 @@ def main() -> None:
     np.random.seed(args.seed + rank)
     torch.manual_seed(args.seed + rank)
 
+    check_model_dir(args.student)
     tokenizer = AutoTokenizer.from_pretrained(args.student)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

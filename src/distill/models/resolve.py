@@ -100,6 +100,28 @@ def load_source(source: str, dtype=None):
     return model, tokenizer
 
 
+def check_model_dir(model_dir: str | os.PathLike) -> None:
+    """Stop early, naming the file, if a model directory is missing or a weight file is damaged.
+
+    Opening each safetensors file reads its header and checks that the data it describes is all
+    there (a truncated download or copy fails here, before any training starts).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise InputError(f"{model_dir}: not a model directory (no config.json). " + SOURCE_HELP)
+    for weights in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(weights, "pt"):
+                pass
+        except SafetensorError as e:
+            raise InputError(
+                f"{weights}: damaged weight file ({e}). Fix: delete {model_dir} and rerun; the "
+                "workflow remakes it from its source."
+            ) from None
+
+
 def save_model(model, tokenizer, out: str | os.PathLike, extra: dict | None = None) -> None:
     """save_pretrained model + tokenizer (+ `extra` as source.json) into `out` atomically."""
     with atomic_dir(out) as tmp:

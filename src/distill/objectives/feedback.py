@@ -189,7 +189,14 @@ class Feedback(Objective):
         )
         self.eos_ids = [self.tokenizer.eos_token_id]
         _check_tokenizers(settings["teacher"], self.tokenizer)
-        self.teacher = LocalTeacher(settings["teacher"], self.accelerator.device)
+        # The frozen teacher is held in bf16 in bf16 runs: under autocast fp32 weights would be
+        # cast again at every forward (on 2 cores: 0.8 s instead of 0.5 s per 416 tokens).
+        bf16 = getattr(self.accelerator, "mixed_precision", "no") == "bf16"
+        self.teacher = LocalTeacher(
+            settings["teacher"],
+            self.accelerator.device,
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+        )
         self.heldout = list(context.get("valid_examples") or [])[: settings["heldout_examples"]]
         if not self.heldout:
             raise InputError("--valid: objective feedback needs held-out examples for its gap.")

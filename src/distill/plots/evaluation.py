@@ -134,7 +134,7 @@ def evaluation(points: pd.DataFrame, judge: str, reference: str, paper: bool = T
     return fig
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mtbench", required=True, help="scores.csv (distill.eval.mtbench score)")
     parser.add_argument("--alpaca", required=True, help="leaderboard.csv (distill.eval.alpaca)")
@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--reference", required=True, help="whose outputs AlpacaEval compares to")
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper's points")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     log = setup_logging()
     points = read_tables(args.mtbench, args.alpaca)
     save_figure(evaluation(points, args.judge, args.reference, not args.no_paper), args.out)

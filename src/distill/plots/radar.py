@@ -90,7 +90,7 @@ def radar(table: pd.DataFrame, judge: str, paper_reference: bool = False):
     return fig
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scores", required=True, help="scores.csv (distill.eval.mtbench score)")
     parser.add_argument(
@@ -98,7 +98,7 @@ def main() -> None:
     )
     parser.add_argument("--paper-reference", action="store_true", help="draw the KD-DAE polygon")
     parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     log = setup_logging()
     table = read_scores(args.scores)
     save_figure(radar(table, args.judge, args.paper_reference), args.out)

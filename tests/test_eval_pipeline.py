@@ -1,0 +1,386 @@
+"""The evaluation pipeline on real models: the in-process judge, MT-Bench answers, and a small
+end-to-end run from model directories to the radar and MT-Bench-vs-AlpacaEval figures.
+
+    pytest tests/test_eval_pipeline.py
+
+Everything is written under pytest's tmp dirs; the workflow itself is only planned (snakemake -n).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import REPO, run_module
+from matplotlib import image as mpimg
+
+from distill.eval import alpaca, answers, mtbench
+from distill.eval.judges import Judge, TransformersJudge, expected_rating, judge_from_config
+from distill.io import InputError, write_jsonl
+from distill.plots import evaluation, radar
+
+# FastChat-shaped judge prompts (names, fields and placeholders as in judge_prompts.jsonl; short).
+PROMPTS = [
+    {
+        "name": name,
+        "type": "single",
+        "system_prompt": "You are a helpful assistant.",
+        "prompt_template": template,
+        "description": "test",
+        "category": "general",
+        "output_format": "[[rating]]",
+    }
+    for name, template in [
+        (
+            "single-v1",
+            "Rate the answer from 1 to 10 as Rating: [[x]].\n[Question]\n{question}\n"
+            "[Answer]\n{answer}",
+        ),
+        (
+            "single-math-v1",
+            "Rate from 1 to 10 as Rating: [[x]].\n[Question]\n{question}\n"
+            "[Reference]\n{ref_answer_1}\n[Answer]\n{answer}",
+        ),
+        (
+            "single-v1-multi-turn",
+            "Rate the second answer as Rating: [[x]].\n### User:\n"
+            "{question_1}\n### Assistant:\n{answer_1}\n### User:\n{question_2}\n### Assistant:\n"
+            "{answer_2}",
+        ),
+        (
+            "single-math-v1-multi-turn",
+            "Rate the second answer as Rating: [[x]].\n"
+            "[Reference]\n{ref_answer_1}\n{ref_answer_2}\n### User:\n{question_1}\n### Assistant:\n"
+            "{answer_1}\n### User:\n{question_2}\n### Assistant:\n{answer_2}",
+        ),
+    ]
+]
+QUESTIONS = [
+    {
+        "question_id": 81,
+        "category": "writing",
+        "turns": ["Write a haiku about rain.", "Now one about snow."],
+    },
+    {"question_id": 111, "category": "math", "turns": ["What is 3 * 4?", "And 3 * 5?"]},
+]
+MESSAGES = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "Which answer is better? Reply m or M.\nm: 12\nM: 13"},
+]
+
+
+@pytest.fixture(scope="module")
+def judge(teacher_dir) -> TransformersJudge:
+    return TransformersJudge(teacher_dir, "fp32", "expected", name="teacher", max_new_tokens=8)
+
+
+def synthetic_questions() -> list[dict]:
+    cats = mtbench.CATEGORIES
+    return [
+        {"question_id": q, "category": cats[(q - 81) // 10], "turns": [f"q{q}", f"q{q} again"]}
+        for q in range(81, 161)
+    ]
+
+
+# --- pure parts ----------------------------------------------------------------------------------
+
+
+def test_select_questions_spreads_over_categories():
+    qs = synthetic_questions()
+    eight = answers.select_questions(qs, n_questions=8)
+    assert sorted(q["category"] for q in eight) == sorted(mtbench.CATEGORIES)
+    assert [q["question_id"] for q in eight] == [81, 91, 101, 111, 121, 131, 141, 151]
+    sixteen = answers.select_questions(qs, n_questions=16)
+    assert {q["question_id"] for q in sixteen} == {
+        q for c in range(81, 161, 10) for q in (c, c + 1)
+    }
+    assert answers.select_questions(qs, n_questions=3) == [qs[0], qs[10], qs[20]]
+    assert answers.select_questions(qs, [111, 81], n_questions=3) == [qs[0], qs[30]]  # ids win
+    assert answers.select_questions(qs) == qs
+    with pytest.raises(InputError, match="question_ids"):
+        answers.select_questions(qs, [5])
+
+
+def test_expected_rating_is_the_weighted_mean():
+    assert expected_rating([0] * 9 + [1]) == 10
+    assert expected_rating([1] * 10) == pytest.approx(5.5)
+    assert expected_rating([2, 0, 0, 0, 0, 0, 0, 0, 0, 2]) == pytest.approx(5.5)  # unnormalised
+    with pytest.raises(ValueError):
+        expected_rating([0] * 10)
+
+
+def test_judge_config_errors(tmp_path):
+    with pytest.raises(InputError, match="unknown key"):
+        judge_from_config({"kind": "transformers", "model_dir": str(tmp_path), "temp": 1})
+    with pytest.raises(InputError, match="config.json missing"):
+        judge_from_config({"kind": "transformers", "model_dir": str(tmp_path)})
+    with pytest.raises(InputError, match="rating: generate"):
+        judge_from_config({"kind": "openai", "model": "gpt-4", "rating": "expected"})
+    with pytest.raises(InputError, match="not a known judge"):
+        judge_from_config({"kind": "llamacpp"})
+
+
+# --- the in-process judge on the real model ------------------------------------------------------
+
+
+def test_transformers_judge(judge, teacher_dir):
+    assert isinstance(judge, Judge) and judge.name == "teacher"
+    lps = judge.choice_logprobs(MESSAGES, ["m", "M"])
+    assert set(lps) == {"m", "M"}
+    assert all(math.isfinite(v) and v < 0 for v in lps.values())
+    assert math.log(math.exp(lps["m"]) + math.exp(lps["M"])) <= 1e-6  # a distribution's part
+    with pytest.raises(ValueError, match="not one"):
+        judge.choice_logprobs(MESSAGES, ["maybe not"])
+
+    text = judge.complete(MESSAGES, max_tokens=2048, temperature=0.0)
+    assert isinstance(text, str) and text
+    assert len(judge.tokenizer.encode(text, add_special_tokens=False)) <= 8  # capped
+
+    probs, mass = judge.rating_probs(MESSAGES)
+    assert len(probs) == 10 and sum(probs) == pytest.approx(1.0) and 0 < mass <= 1 + 1e-6
+    score, record = judge.rate(MESSAGES)
+    assert 1 <= score <= 10 and score == pytest.approx(expected_rating(probs))
+    assert mtbench.parse_score(record) == pytest.approx(score, abs=1e-4)  # FastChat reads it too
+
+    # The "10" split, recomputed without the KV cache: P(10) / (P(1) + P(10)) is the judge's
+    # probability of "0" right after "Rating: [[1".
+    tok = judge.tokenizer
+    prompt = tok.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
+    ids = tok(prompt + "Rating: [[1", add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = judge.model(input_ids=ids).logits[0, -1].float()
+    p_zero = torch.softmax(logits, -1)[tok.encode("0", add_special_tokens=False)[0]].item()
+    assert probs[9] / (probs[0] + probs[9]) == pytest.approx(p_zero, rel=1e-3, abs=1e-6)
+
+
+# --- answers -------------------------------------------------------------------------------------
+
+
+def test_mtbench_answers_two_turns(teacher_dir, tmp_path):
+    generate = answers.make_generator(str(teacher_dir), "transformers", "fp32", 4, seed=0)
+    calls = []
+
+    def recording(conversations, max_new_tokens, temperature):
+        replies = generate(conversations, max_new_tokens, temperature)
+        calls.append((conversations, temperature, replies))
+        return replies
+
+    records = answers.mtbench_answers(recording, QUESTIONS, "teacher", max_new_tokens=8)
+    path = tmp_path / "answers" / "teacher.jsonl"
+    mtbench.write_answers(path, records)
+    back = mtbench.read_answers(path)
+    assert sorted(back) == [81, 111] and mtbench.answers_model_name(back, path) == "teacher"
+    for qid in (81, 111):
+        turns = back[qid]["choices"][0]["turns"]
+        assert len(turns) == 2 and all(isinstance(t, str) and t for t in turns)
+
+    # every conversation was asked at its category's temperature
+    for conversations, temperature, _ in calls:
+        for conv in conversations:
+            first = conv[0]["content"]
+            q = next(q for q in QUESTIONS if q["turns"][0] == first)
+            assert temperature == mtbench.TEMPERATURE_CONFIG[q["category"]]
+    # turn 2 is asked on the conversation that holds turn 1's answer
+    turn2 = [conv for conversations, _, _ in calls for conv in conversations if len(conv) == 3]
+    assert len(turn2) == 2
+    for conv in turn2:
+        qid = next(q["question_id"] for q in QUESTIONS if q["turns"][0] == conv[0]["content"])
+        answer_1 = back[qid]["choices"][0]["turns"][0]
+        assert conv[1] == {"role": "assistant", "content": answer_1}
+        assert (
+            conv[2]["content"] == next(q for q in QUESTIONS if q["question_id"] == qid)["turns"][1]
+        )
+    # math is greedy (temperature 0): another seed gives the same answer
+    other = answers.make_generator(str(teacher_dir), "transformers", "fp32", 4, seed=123)
+    again = answers.mtbench_answers(other, QUESTIONS, "teacher", max_new_tokens=8)
+    math_again = next(a for a in again if a["question_id"] == 111)
+    assert math_again["choices"] == back[111]["choices"]
+
+
+# --- end to end: two models x two questions -> judgments -> scores -> figures --------------------
+
+
+def test_end_to_end(tmp_path, teacher_dir, tiny_student_dir, judge):
+    data = tmp_path / "data"
+    write_jsonl(data / "question.jsonl", QUESTIONS)
+    write_jsonl(data / "judge_prompts.jsonl", PROMPTS)
+    ref = mtbench.make_answer(111, "gpt-4", ["3 * 4 = 12", "3 * 5 = 15"], tstamp=0.0)
+    write_jsonl(data / "reference_answer" / "gpt-4.jsonl", [ref])
+    heldout = tmp_path / "heldout.jsonl"
+    write_jsonl(
+        heldout,
+        [
+            {
+                "id": "h0",
+                "domain": "writing",
+                "messages": [{"role": "user", "content": "Name a fruit."}],
+            },
+            {
+                "id": "h1",
+                "domain": "reasoning",
+                "messages": [{"role": "user", "content": "Is ice cold?"}],
+            },
+        ],
+    )
+    judge_json = json.dumps(
+        {
+            "kind": "transformers",
+            "model_dir": str(teacher_dir),
+            "name": "teacher",
+            "precision": "fp32",
+            "rating": "expected",
+        }
+    )
+    # the questions step through `python -m`, as the workflow runs it
+    run_module(
+        "distill.eval.answers",
+        "questions",
+        "--questions",
+        data / "question.jsonl",
+        "--n-questions",
+        "2",
+        "--out",
+        tmp_path / "questions.jsonl",
+    )
+    models = {"teacher": teacher_dir, "tiny": tiny_student_dir}
+    gen = ["--max-new-tokens", "8", "--batch-size", "4", "--backend", "transformers"]
+    gen += ["--precision", "fp32"]
+    for name, model_dir in models.items():
+        common = ["--model-dir", str(model_dir), "--name", name, *gen]
+        answers.main(
+            [
+                "mtbench",
+                "--questions",
+                str(tmp_path / "questions.jsonl"),
+                *common,
+                "--out",
+                str(tmp_path / "answers" / f"{name}.jsonl"),
+            ]
+        )
+        answers.main(
+            [
+                "alpaca",
+                "--instructions",
+                str(heldout),
+                *common,
+                "--out",
+                str(tmp_path / "outputs" / f"{name}.json"),
+            ]
+        )
+        mtbench.main(
+            [
+                "judge",
+                "--answers",
+                str(tmp_path / "answers" / f"{name}.jsonl"),
+                "--questions",
+                str(tmp_path / "questions.jsonl"),
+                "--data-dir",
+                str(data),
+                "--judge-json",
+                judge_json,
+                "--out",
+                str(tmp_path / "judgments" / f"{name}.jsonl"),
+            ]
+        )
+        alpaca.main(
+            [
+                "annotate",
+                "--model-outputs",
+                str(tmp_path / "outputs" / f"{name}.json"),
+                "--reference-outputs",
+                str(tmp_path / "outputs" / "teacher.json"),
+                "--judge-json",
+                judge_json,
+                "--out",
+                str(tmp_path / "annotations" / f"{name}.json"),
+            ]
+        )
+
+    judgments = mtbench.read_judgments(tmp_path / "judgments" / "tiny.jsonl")
+    assert sorted((j["question_id"], j["turn"]) for j in judgments) == [
+        (81, 1),
+        (81, 2),
+        (111, 1),
+        (111, 2),
+    ]
+    assert {tuple(j["judge"]) for j in judgments} >= {("teacher", "single-math-v1-multi-turn")}
+    assert all(1 <= j["score"] <= 10 for j in judgments)
+
+    scores_csv = tmp_path / "scores.csv"
+    mtbench.main(
+        [
+            "score",
+            "--judgments",
+            *map(str, (tmp_path / "judgments").glob("*.jsonl")),
+            "--questions",
+            str(tmp_path / "questions.jsonl"),
+            "--out",
+            str(scores_csv),
+        ]
+    )
+    board_csv = tmp_path / "leaderboard.csv"
+    alpaca.main(
+        [
+            "score",
+            "--annotations",
+            *map(str, (tmp_path / "annotations").glob("*.json")),
+            "--out",
+            str(board_csv),
+        ]
+    )
+    scores = radar.read_scores(str(scores_csv))
+    assert set(scores.index) == {"teacher", "tiny"} and (scores["n_scored"] == 4).all()
+    assert scores["overall"].between(1, 10).all()
+    points = evaluation.read_tables(str(scores_csv), str(board_csv))
+    by_model = points.set_index("model")
+    assert by_model.loc["teacher", "win_rate"] == pytest.approx(50.0)  # identical outputs: ties
+    assert 0 <= by_model.loc["tiny", "win_rate"] <= 100
+
+    label = "teacher, in-process; MT-Bench rating expected"
+    radar.main(
+        [
+            "--scores",
+            str(scores_csv),
+            "--judge",
+            label,
+            "--paper-reference",
+            "--out",
+            str(tmp_path / "fig" / "radar.png"),
+        ]
+    )
+    evaluation.main(
+        [
+            "--mtbench",
+            str(scores_csv),
+            "--alpaca",
+            str(board_csv),
+            "--judge",
+            label,
+            "--reference",
+            "teacher",
+            "--out",
+            str(tmp_path / "fig" / "evaluation.png"),
+        ]
+    )
+    for name in ("radar", "evaluation"):
+        img = mpimg.imread(tmp_path / "fig" / f"{name}.png")
+        assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 300
+        assert img.std() > 0.01  # something is drawn
+        assert (tmp_path / "fig" / f"{name}.pdf").stat().st_size > 1000
+
+
+# --- the workflow plans the figures --------------------------------------------------------------
+
+
+def test_workflow_plans_the_figures():
+    targets = ["results/figures/radar.png", "results/figures/evaluation.png"]
+    cmd = [sys.executable, "-m", "snakemake", "-n", *targets, "--configfile", "configs/ci.yaml"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    if "Nothing to be done" not in out.stdout:  # results/ may already hold them
+        for rule in ("mtbench_answers", "mtbench_judgments", "alpaca_annotations", "radar_figure"):
+            assert f"rule {rule}:" in out.stdout
