@@ -3,9 +3,12 @@ full run of configs/ci.yaml to every figure and the report (in a copy of the rep
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -70,10 +73,34 @@ def test_bad_config_stops_before_any_job(tmp_path, override, message):
     assert message in result.stdout + result.stderr
 
 
+def kill_snakemake_mid_training(repo: Path) -> None:
+    """Start the workflow, SIGKILL snakemake and its jobs once SFT wrote its first checkpoint."""
+    checkpoint = repo / "results/checkpoints/student_sft/checkpoint.pt"
+    proc = subprocess.Popen(
+        [str(BIN / "snakemake"), "-c2", "--configfile", *CONFIGS, "results/models/student_sft"],
+        cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 900
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists(), "SFT never reached its first checkpoint"
+    assert not (repo / "results/models/student_sft").exists()  # no partial model
+
+
+# CI's config, with a longer SFT run so that it can be killed between two checkpoints.
+CONFIGS = ("configs/ci.yaml", "longer_sft.yaml")
+
+
 def test_ci_config_runs_to_every_figure_and_the_report(tmp_path):
     repo = copy_repo(tmp_path / "repo")
-    run = snakemake("-c2", "--configfile", "configs/ci.yaml", cwd=repo)
+    (repo / "longer_sft.yaml").write_text("sft: {train: {steps: 12}}\n")
+    kill_snakemake_mid_training(repo)
+    # The rerun redoes the killed job, which resumes from the checkpoint.
+    run = snakemake("-c2", "--configfile", *CONFIGS, cwd=repo)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    assert "resumed from" in (repo / "results/logs/train/student_sft.log").read_text()
     figures = sorted(p.name for p in (repo / "results/figures").glob("*.png"))
     expected = {"sft_loss.png", "training_curves.png", "ddk_weights.png", "ddk_domain_ppl.png"}
     assert expected <= set(figures), figures
@@ -90,5 +117,5 @@ def test_ci_config_runs_to_every_figure_and_the_report(tmp_path):
         names = z.namelist()
     assert any(n.endswith("sft_loss.png") for n in names)
     # A rerun has nothing to do: every output is complete and up to date.
-    again = snakemake("-n", "-c2", "--configfile", "configs/ci.yaml", cwd=repo)
+    again = snakemake("-n", "-c2", "--configfile", *CONFIGS, cwd=repo)
     assert "Nothing to be done" in again.stdout + again.stderr
