@@ -9,8 +9,8 @@ and the first, warm-up step excluded).
 Also: the loss's peak memory at vocab 49152, chunked vs unchunked, and the cache's bytes/token
 against full fp16 logits with its top-k error (from the cache manifest).
 
-    python bench/bench_kd.py --steps 12 --out bench/results/kd.json   (after `snakemake -c2
-        results/cache/teacher/instructions/manifest.json`, which makes the models, data and cache it reads)
+    snakemake -c2 results/cache/teacher/instructions/manifest.json   # models, data, cache
+    python bench/bench_kd.py --steps 12 --out bench/results/kd.json
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, run_module
+from conftest import REPO
 from matplotlib import image as mpimg
+from transformers import AutoTokenizer
 
 from distill.eval import alpaca, answers, mtbench
 from distill.eval.judges import Judge, TransformersJudge, expected_rating, judge_from_config
@@ -73,6 +74,16 @@ MESSAGES = [
 ]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Small models decode about as fast on one thread, and a second thread beside any other
+    busy process on a 2-core machine slowed decoding about 20x here (OpenMP spin-waiting)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def judge(teacher_dir) -> TransformersJudge:
     return TransformersJudge(teacher_dir, "fp32", "expected", name="teacher", max_new_tokens=8)
@@ -103,6 +114,31 @@ def test_select_questions_spreads_over_categories():
     assert answers.select_questions(qs) == qs
     with pytest.raises(InputError, match="question_ids"):
         answers.select_questions(qs, [5])
+
+
+def test_instructions_from_rows_and_alpaca_lists(tmp_path):
+    rows = [
+        {"id": "a", "domain": "writing", "messages": [{"role": "user", "content": "Write."}]},
+        {"id": "b", "domain": "math", "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"},
+            {"role": "assistant", "content": "4"}]},
+    ]  # fmt: skip
+    write_jsonl(tmp_path / "heldout.jsonl", rows)
+    got = answers.load_instructions(str(tmp_path / "heldout.jsonl"))
+    assert [(r["instruction"], r["dataset"]) for r in got] == [
+        ("Write.", "writing"),
+        ("2+2?", "math"),
+    ]
+    assert got[1]["messages"] == rows[1]["messages"][:2]  # the prompt, without the response
+    assert len(answers.load_instructions(str(tmp_path / "heldout.jsonl"), 1)) == 1
+    official = tmp_path / "alpaca_eval.json"
+    official.write_text(json.dumps([{"instruction": "Hi?", "dataset": "koala", "output": "x"}]))
+    [one] = answers.load_instructions(str(official))
+    assert one == {"instruction": "Hi?", "dataset": "koala",
+                   "messages": [{"role": "user", "content": "Hi?"}]}  # fmt: skip
+    official.write_text("[{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        answers.load_instructions(str(official))
 
 
 def test_expected_rating_is_the_weighted_mean():
@@ -169,7 +205,7 @@ def test_mtbench_answers_two_turns(teacher_dir, tmp_path):
         calls.append((conversations, temperature, replies))
         return replies
 
-    records = answers.mtbench_answers(recording, QUESTIONS, "teacher", max_new_tokens=8)
+    records = answers.mtbench_answers(recording, QUESTIONS, "teacher", max_new_tokens=6)
     path = tmp_path / "answers" / "teacher.jsonl"
     mtbench.write_answers(path, records)
     back = mtbench.read_answers(path)
@@ -184,19 +220,20 @@ def test_mtbench_answers_two_turns(teacher_dir, tmp_path):
             first = conv[0]["content"]
             q = next(q for q in QUESTIONS if q["turns"][0] == first)
             assert temperature == mtbench.TEMPERATURE_CONFIG[q["category"]]
-    # turn 2 is asked on the conversation that holds turn 1's answer
+    # turn 2 is asked on the conversation that holds turn 1's answer, in the chat template
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     turn2 = [conv for conversations, _, _ in calls for conv in conversations if len(conv) == 3]
     assert len(turn2) == 2
     for conv in turn2:
-        qid = next(q["question_id"] for q in QUESTIONS if q["turns"][0] == conv[0]["content"])
-        answer_1 = back[qid]["choices"][0]["turns"][0]
+        q = next(q for q in QUESTIONS if q["turns"][0] == conv[0]["content"])
+        answer_1 = back[q["question_id"]]["choices"][0]["turns"][0]
         assert conv[1] == {"role": "assistant", "content": answer_1}
-        assert (
-            conv[2]["content"] == next(q for q in QUESTIONS if q["question_id"] == qid)["turns"][1]
-        )
+        assert conv[2] == {"role": "user", "content": q["turns"][1]}
+        prompt = tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        assert answer_1 in prompt and prompt.index(answer_1) < prompt.index(q["turns"][1])
     # math is greedy (temperature 0): another seed gives the same answer
     other = answers.make_generator(str(teacher_dir), "transformers", "fp32", 4, seed=123)
-    again = answers.mtbench_answers(other, QUESTIONS, "teacher", max_new_tokens=8)
+    again = answers.mtbench_answers(other, QUESTIONS, "teacher", max_new_tokens=6)
     math_again = next(a for a in again if a["question_id"] == 111)
     assert math_again["choices"] == back[111]["choices"]
 
@@ -204,134 +241,68 @@ def test_mtbench_answers_two_turns(teacher_dir, tmp_path):
 # --- end to end: two models x two questions -> judgments -> scores -> figures --------------------
 
 
-def test_end_to_end(tmp_path, teacher_dir, tiny_student_dir, judge):
+def cli(main, *args) -> None:
+    """Run a module's main() in this process with string arguments (as `python -m` would)."""
+    main([str(a) for a in args])
+
+
+def test_end_to_end(tmp_path, teacher_dir, tiny_student_dir):
     data = tmp_path / "data"
     write_jsonl(data / "question.jsonl", QUESTIONS)
     write_jsonl(data / "judge_prompts.jsonl", PROMPTS)
     ref = mtbench.make_answer(111, "gpt-4", ["3 * 4 = 12", "3 * 5 = 15"], tstamp=0.0)
     write_jsonl(data / "reference_answer" / "gpt-4.jsonl", [ref])
     heldout = tmp_path / "heldout.jsonl"
+    prompts = ["Name a fruit.", "Is ice cold?"]
     write_jsonl(
         heldout,
         [
-            {
-                "id": "h0",
-                "domain": "writing",
-                "messages": [{"role": "user", "content": "Name a fruit."}],
-            },
-            {
-                "id": "h1",
-                "domain": "reasoning",
-                "messages": [{"role": "user", "content": "Is ice cold?"}],
-            },
+            {"id": f"h{i}", "domain": "general", "messages": [{"role": "user", "content": p}]}
+            for i, p in enumerate(prompts)
         ],
     )
-    judge_json = json.dumps(
-        {
-            "kind": "transformers",
-            "model_dir": str(teacher_dir),
-            "name": "teacher",
-            "precision": "fp32",
-            "rating": "expected",
-        }
-    )
-    # the questions step through `python -m`, as the workflow runs it
-    run_module(
-        "distill.eval.answers",
-        "questions",
-        "--questions",
-        data / "question.jsonl",
-        "--n-questions",
-        "2",
-        "--out",
-        tmp_path / "questions.jsonl",
-    )
+    judge = {"kind": "transformers", "model_dir": str(teacher_dir), "name": "teacher"}
+    judge_json = json.dumps(judge | {"precision": "bf16", "rating": "expected"})
+    questions = tmp_path / "questions.jsonl"
+    cli(answers.main, "questions", "--questions", data / "question.jsonl", "--n-questions", 2,
+        "--out", questions)  # fmt: skip
+
+    # two models answer both benchmarks (8 tokens a turn)
     models = {"teacher": teacher_dir, "tiny": tiny_student_dir}
-    gen = ["--max-new-tokens", "8", "--batch-size", "4", "--backend", "transformers"]
+    gen = ["--max-new-tokens", 8, "--batch-size", 4, "--backend", "transformers"]
     gen += ["--precision", "fp32"]
     for name, model_dir in models.items():
-        common = ["--model-dir", str(model_dir), "--name", name, *gen]
-        answers.main(
-            [
-                "mtbench",
-                "--questions",
-                str(tmp_path / "questions.jsonl"),
-                *common,
-                "--out",
-                str(tmp_path / "answers" / f"{name}.jsonl"),
-            ]
-        )
-        answers.main(
-            [
-                "alpaca",
-                "--instructions",
-                str(heldout),
-                *common,
-                "--out",
-                str(tmp_path / "outputs" / f"{name}.json"),
-            ]
-        )
-        mtbench.main(
-            [
-                "judge",
-                "--answers",
-                str(tmp_path / "answers" / f"{name}.jsonl"),
-                "--questions",
-                str(tmp_path / "questions.jsonl"),
-                "--data-dir",
-                str(data),
-                "--judge-json",
-                judge_json,
-                "--out",
-                str(tmp_path / "judgments" / f"{name}.jsonl"),
-            ]
-        )
-        alpaca.main(
-            [
-                "annotate",
-                "--model-outputs",
-                str(tmp_path / "outputs" / f"{name}.json"),
-                "--reference-outputs",
-                str(tmp_path / "outputs" / "teacher.json"),
-                "--judge-json",
-                judge_json,
-                "--out",
-                str(tmp_path / "annotations" / f"{name}.json"),
-            ]
-        )
+        common = ["--model-dir", model_dir, "--name", name, *gen]
+        cli(answers.main, "mtbench", "--questions", questions, *common,
+            "--out", tmp_path / "answers" / f"{name}.jsonl")  # fmt: skip
+        cli(answers.main, "alpaca", "--instructions", heldout, *common,
+            "--out", tmp_path / "outputs" / f"{name}.json")  # fmt: skip
+    outputs = alpaca.read_model_outputs(tmp_path / "outputs" / "tiny.json")
+    assert [o["instruction"] for o in outputs] == prompts and outputs[0]["generator"] == "tiny"
 
-    judgments = mtbench.read_judgments(tmp_path / "judgments" / "tiny.jsonl")
-    assert sorted((j["question_id"], j["turn"]) for j in judgments) == [
-        (81, 1),
-        (81, 2),
-        (111, 1),
-        (111, 2),
+    # the teacher judges both (MT-Bench), and the tiny model against the teacher (AlpacaEval)
+    judgments = tmp_path / "judgments.jsonl"
+    cli(mtbench.main, "judge", "--answers", *(tmp_path / "answers" / f"{m}.jsonl" for m in models),
+        "--questions", questions, "--data-dir", data, "--judge-json", judge_json,
+        "--out", judgments)  # fmt: skip
+    records = mtbench.read_judgments(judgments)
+    assert sorted((j["model"], j["question_id"], j["turn"]) for j in records) == [
+        (m, q, t) for m in ("teacher", "tiny") for q in (81, 111) for t in (1, 2)
     ]
-    assert {tuple(j["judge"]) for j in judgments} >= {("teacher", "single-math-v1-multi-turn")}
-    assert all(1 <= j["score"] <= 10 for j in judgments)
+    assert ("teacher", "single-math-v1-multi-turn") in {tuple(j["judge"]) for j in records}
+    assert all(1 <= j["score"] <= 10 for j in records)
+    for name in models:
+        out = tmp_path / "annotations" / f"{name}.json"
+        cli(alpaca.main, "annotate", "--model-outputs", tmp_path / "outputs" / f"{name}.json",
+            "--reference-outputs", tmp_path / "outputs" / "teacher.json",
+            "--judge-json", judge_json, "--out", out)  # fmt: skip
 
     scores_csv = tmp_path / "scores.csv"
-    mtbench.main(
-        [
-            "score",
-            "--judgments",
-            *map(str, (tmp_path / "judgments").glob("*.jsonl")),
-            "--questions",
-            str(tmp_path / "questions.jsonl"),
-            "--out",
-            str(scores_csv),
-        ]
-    )
+    cli(mtbench.main, "score", "--judgments", judgments, "--questions", questions,
+        "--out", scores_csv)  # fmt: skip
     board_csv = tmp_path / "leaderboard.csv"
-    alpaca.main(
-        [
-            "score",
-            "--annotations",
-            *map(str, (tmp_path / "annotations").glob("*.json")),
-            "--out",
-            str(board_csv),
-        ]
-    )
+    cli(alpaca.main, "score", "--annotations", *(tmp_path / "annotations").glob("*.json"),
+        "--out", board_csv)  # fmt: skip
     scores = radar.read_scores(str(scores_csv))
     assert set(scores.index) == {"teacher", "tiny"} and (scores["n_scored"] == 4).all()
     assert scores["overall"].between(1, 10).all()

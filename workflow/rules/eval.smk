@@ -1,22 +1,20 @@
 # Judging: MT-Bench (FastChat's questions, single-answer grading) and AlpacaEval (alpaca_eval's
 # weighted pairwise protocol) for every model in EVAL_MODELS, then the radar and the
 # MT-Bench-vs-AlpacaEval figures. One judge for both benchmarks (config eval.judge).
+from pathlib import Path
+from urllib.parse import quote
+
 EVAL = config["eval"]
 JUDGE = EVAL["judge"]
 MTBENCH = "results/eval/mtbench"
 ALPACA = "results/eval/alpaca"
 MODEL_NAMES = "|".join(MODEL_DIRS)  # the {model} wildcard: a known model name only
+# One thread per generation/judging job: on 2 cores two of them run side by side. Small-batch
+# decoding of a small model gains little from a second thread, and a 2-thread job beside any
+# other busy process slowed about 20x here (OpenMP threads spin-waiting for the shared core).
+EVAL_THREADS = 1
 # An in-process judge is a workflow model: its directory is an input of every judging rule.
 JUDGE_INPUTS = [MODEL_DIRS[JUDGE["model"]]] if JUDGE["kind"] == "transformers" else []
-if JUDGE["kind"] == "transformers":
-    JUDGE_LABEL = (
-        f"{JUDGE['model']}, in-process; MT-Bench rating {JUDGE['rating']}, "
-        "AlpacaEval P(m)/P(M)"
-    )
-else:
-    JUDGE_LABEL = (
-        f"{JUDGE['model']} (OpenAI-compatible); MT-Bench [[x]], AlpacaEval P(m)/P(M)"
-    )
 ALPACA_INSTRUCTIONS = {
     "heldout": "results/data/instructions/heldout.jsonl",
     "hub": "hub",
@@ -30,10 +28,15 @@ REFERENCE_OUTPUTS = (
 )
 
 
-def judge_json():
-    """The judge's settings for --judge-json (distill.eval.judges.judge_from_config)."""
-    if JUDGE["kind"] == "transformers":
-        settings = {
+# The judge's settings for --judge-json (distill.eval.judges.judge_from_config), and its name,
+# mode and scale for the figures' titles and captions.
+if JUDGE["kind"] == "transformers":
+    JUDGE_LABEL = (
+        f"{JUDGE['model']}, in-process; MT-Bench rating {JUDGE['rating']}, "
+        "AlpacaEval P(m)/P(M)"
+    )
+    JUDGE_JSON = as_json(
+        {
             "kind": "transformers",
             "model_dir": MODEL_DIRS[JUDGE["model"]],
             "name": JUDGE["model"],
@@ -41,19 +44,22 @@ def judge_json():
             "rating": JUDGE["rating"],
             "max_new_tokens": JUDGE["max_new_tokens"],
         }
-    else:
-        keys = ["model", "base_url", "api_key_env", "max_concurrency", "max_retries"]
-        settings = {"kind": "openai", **{k: JUDGE[k] for k in keys}}
-        settings["timeout_s"] = JUDGE["timeout_s"]
-        settings["rating"] = JUDGE["rating"]
-        # Paid replies outlive reruns: one cache per judge model, outside any rule's outputs.
-        cache_name = JUDGE["model"].replace("/", "_")
-        settings["cache_path"] = f"results/eval/judge_cache/{cache_name}.jsonl"
-    return as_json(settings)
-
-
-def model_dir(wildcards):
-    return MODEL_DIRS[wildcards.model]
+    )
+else:
+    JUDGE_LABEL = (
+        f"{JUDGE['model']} (OpenAI-compatible); MT-Bench [[x]], AlpacaEval P(m)/P(M)"
+    )
+    JUDGE_KEYS = ["model", "base_url", "api_key_env", "max_concurrency", "max_retries"]
+    JUDGE_KEYS += ["timeout_s", "rating"]
+    # Paid replies outlive reruns: one cache per judge model, outside any rule's outputs.
+    JUDGE_CACHE = f"results/eval/judge_cache/{quote(JUDGE['model'], safe='')}.jsonl"
+    JUDGE_JSON = as_json(
+        {
+            "kind": "openai",
+            **{k: JUDGE[k] for k in JUDGE_KEYS},
+            "cache_path": JUDGE_CACHE,
+        }
+    )
 
 
 rule mtbench_data:
@@ -71,7 +77,7 @@ rule mtbench_data:
         runtime=runtime_min(10),
     params:
         source=EVAL["mtbench"]["data_source"],
-        out_dir=f"{MTBENCH}/data",
+        out_dir=lambda wildcards, output: Path(output.questions).parent,
     shell:
         "python -m distill.eval.mtbench_data --source {params.source:q} "
         "--out-dir {params.out_dir} > {log} 2>&1"
@@ -99,7 +105,7 @@ rule mtbench_questions:
 
 rule mtbench_answers:
     input:
-        model=model_dir,
+        model=lambda wildcards: MODEL_DIRS[wildcards.model],
         questions=f"{MTBENCH}/questions.jsonl",
     output:
         f"{MTBENCH}/answers/{{model}}.jsonl",
@@ -111,7 +117,7 @@ rule mtbench_answers:
         model=MODEL_NAMES,
     conda:
         ENV
-    threads: 2
+    threads: EVAL_THREADS
     resources:
         mem_mb=8000,
         runtime=runtime_min(60),
@@ -146,13 +152,13 @@ rule mtbench_judgments:
         model=MODEL_NAMES,
     conda:
         ENV
-    threads: 2
+    threads: EVAL_THREADS
     resources:
         mem_mb=8000,
         runtime=runtime_min(60),
         gpu=GPUS,
     params:
-        judge=judge_json(),
+        judge=JUDGE_JSON,
     shell:
         "python -m distill.eval.mtbench judge --answers {input.answers} "
         "--questions {input.questions} --judge-prompts {input.prompts} "
@@ -180,7 +186,7 @@ rule mtbench_scores:
 
 rule alpaca_outputs:
     input:
-        model=model_dir,
+        model=lambda wildcards: MODEL_DIRS[wildcards.model],
         instructions=[] if ALPACA_INSTRUCTIONS == "hub" else [ALPACA_INSTRUCTIONS],
     output:
         f"{ALPACA}/outputs/{{model}}.json",
@@ -192,13 +198,14 @@ rule alpaca_outputs:
         model=MODEL_NAMES,
     conda:
         ENV
-    threads: 2
+    threads: EVAL_THREADS
     resources:
         mem_mb=8000,
         runtime=runtime_min(60),
         gpu=GPUS,
     params:
-        instructions=ALPACA_INSTRUCTIONS,
+        # the instructions file, or "hub" where there is none (Namedlist str: space-joined)
+        instructions=lambda wildcards, input: str(input.instructions) or "hub",
         n=EVAL["alpaca"]["n_instructions"],
         max_new_tokens=EVAL["alpaca"]["max_new_tokens"],
         temperature=EVAL["alpaca"]["temperature"],
@@ -229,13 +236,13 @@ rule alpaca_annotations:
         model=MODEL_NAMES,
     conda:
         ENV
-    threads: 2
+    threads: EVAL_THREADS
     resources:
         mem_mb=8000,
         runtime=runtime_min(60),
         gpu=GPUS,
     params:
-        judge=judge_json(),
+        judge=JUDGE_JSON,
     shell:
         "python -m distill.eval.alpaca annotate --model-outputs {input.outputs} "
         "--reference-outputs {input.reference} --judge-json {params.judge:q} "

@@ -399,7 +399,11 @@ def cmd_annotate(args: argparse.Namespace) -> None:
     rows = pair_outputs(
         read_model_outputs(args.reference_outputs), read_model_outputs(args.model_outputs)
     )
-    judge = judge_from_config(*judge_settings(args))
+    settings, where = judge_settings(args)
+    # Identical outputs are ties without a judge call (the reference against itself): then no
+    # judge is loaded at all, which saves loading a model in-process.
+    needs_judge = any(r["output_1"] != r["output_2"] for r in rows)
+    judge = judge_from_config(settings, where) if needs_judge else None
     try:
         records = annotate(judge, rows, annotator=args.annotator)
     except JudgeError as e:

@@ -101,7 +101,7 @@ def load_instructions(source: str, n_instructions: int = 0) -> list[dict]:
                 "dataset": r.get("dataset", Path(source).stem),
                 "messages": [{"role": "user", "content": r["instruction"]}],
             }
-            for r in read_model_outputs_like(source)
+            for r in read_instruction_list(source)
         ]
     else:
         rows = []
@@ -114,12 +114,15 @@ def load_instructions(source: str, n_instructions: int = 0) -> list[dict]:
     return rows[:n_instructions] if n_instructions else rows
 
 
-def read_model_outputs_like(path: str) -> list[dict]:
+def read_instruction_list(path: str) -> list[dict]:
     """An alpaca_eval JSON list with at least "instruction" per record (e.g. alpaca_eval.json)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: instructions file not found. Fix: check eval.alpaca.instructions.")
-    data = json.loads(p.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{p}: not valid JSON ({e.msg}, line {e.lineno}).") from None
     if not isinstance(data, list) or not all(
         isinstance(r, dict) and isinstance(r.get("instruction"), str) for r in data
     ):

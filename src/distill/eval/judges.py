@@ -585,8 +585,8 @@ class TransformersJudge:
             with torch.no_grad():
                 out = self.model(
                     input_ids=torch.tensor([[digits[0]]], device=self.model.device),
-                    cache=cache,  # transformers 5 calls the KV cache `cache`
                     use_cache=True,
+                    **{self._cache_kwarg(): cache},
                 )
             second = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             p_zero = math.exp(float(second[ten[1]]))
@@ -627,7 +627,16 @@ class TransformersJudge:
                 use_cache=True,
                 logits_to_keep=1,  # only the last position's logits: no (T, V) tensor
             )
-        return torch.log_softmax(out.logits[0, -1].float(), dim=-1), out.cache
+        cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        return torch.log_softmax(out.logits[0, -1].float(), dim=-1), cache
+
+    def _cache_kwarg(self) -> str:
+        # transformers 5.24 (pinned) names the KV cache `cache` and warns on `past_key_values`;
+        # earlier 5.x releases (seen: 5.17 on a GPU machine) know only `past_key_values`.
+        import inspect
+
+        names = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in names else "past_key_values"
 
     def _one_token(self, choice: str) -> int:
         ids = self.tokenizer.encode(choice, add_special_tokens=False)

@@ -29,6 +29,12 @@ What follows FastChat (common.py, gen_judgment.py, show_result.py; fschat 0.2.36
 - turn1 / turn2 = mean score of that turn's rows; overall = mean of all rows (both turns);
   category means (FastChat's MT-Bench radar) = mean over both turns of that category's questions.
 - answer generation temperature per category: `TEMPERATURE_CONFIG` (0.7 where not listed).
+
+One addition: a judge whose `rating` is "expected" (the in-process TransformersJudge of
+distill.eval.judges) is not asked to write; its score is the probability-weighted rating over
+1..10 read after "Rating: [[", a float written into the judgment as [[x.xxxx]] (so FastChat's
+parse reads it back) with the distribution beside it. The rest (prompts, records, means) is as
+above. Answers come from distill.eval.answers.
 """
 
 from __future__ import annotations

@@ -43,6 +43,20 @@ PAPER_POINTS = [
     ("Claude 2", 8.06, 91.36),
     ("GPT-4", 8.99, 95.28),
 ]
+# Where each label sits beside its point in the zoomed panel (offset in points, alignment): the
+# points lie close together, so the places are chosen by hand.
+PAPER_LABEL_PLACES = {
+    "Flip-7B-Instruct-α": (-5, 2, "right"),
+    "Flip-7B-Instruct-β": (0, 6, "center"),
+    "Flip-2x7B-Instruct-α": (5, -6, "left"),
+    "Flip-2x7B-Instruct-β": (5, 3, "left"),
+    "Zephyr 7B": (5, -5, "left"),
+    "Llama2-Chat 70B": (5, -3, "left"),
+    "Vicuna v1.3 33B": (5, -4, "left"),
+    "GPT-3.5-turbo": (0, 6, "center"),
+    "Claude 2": (0, 6, "center"),
+    "GPT-4": (-6, -2, "right"),
+}
 PAPER_NOTE = (
     "Grey diamonds: the KD-DAE paper's published numbers (arXiv 2406.19112): MT-Bench judged by "
     "GPT-4; AlpacaEval 1.0, win rate against text-davinci-003 with a GPT-4 annotator "
@@ -81,31 +95,42 @@ def read_tables(mtbench_csv: str, alpaca_csv: str) -> pd.DataFrame:
 
 
 def evaluation(points: pd.DataFrame, judge: str, reference: str, paper: bool = True):
-    """The figure: MT-Bench (y) against AlpacaEval win rate (x), ours and the paper's."""
-    fig, ax = plt.subplots(figsize=(7.0, 5.6))
+    """The figure: MT-Bench (y) against AlpacaEval win rate (x), ours and the paper's.
+
+    Left: every point on the full scales (0-100 %, 0-10). Right (with `paper`): the paper's
+    points, close together near the top right, zoomed and labelled.
+    """
     if paper:
-        ax.scatter(
-            [p[2] for p in PAPER_POINTS],
-            [p[1] for p in PAPER_POINTS],
-            marker="D",
-            s=22,
-            facecolors="none",
-            edgecolors="0.45",
-            lw=0.9,
-            label="KD-DAE paper (another scale)",
+        fig, (ax, zoom) = plt.subplots(
+            1, 2, figsize=(10.0, 5.2), gridspec_kw={"width_ratios": [1.6, 1]}
         )
-        for i, (name, mt, wr) in enumerate(PAPER_POINTS):
-            # alternate the label side: the paper's points sit close together
-            ax.annotate(
+    else:
+        fig, ax = plt.subplots(figsize=(6.6, 5.2))
+    paper_style = {"marker": "D", "s": 22, "facecolors": "none", "edgecolors": "0.45", "lw": 0.9}
+    if paper:
+        wr = [p[2] for p in PAPER_POINTS]
+        mt = [p[1] for p in PAPER_POINTS]
+        ax.scatter(wr, mt, label="KD-DAE paper (another scale; right)", **paper_style)
+        zoom.scatter(wr, mt, **paper_style)
+        for name, y, x in PAPER_POINTS:
+            dx, dy, ha = PAPER_LABEL_PLACES[name]
+            zoom.annotate(
                 name,
-                (wr, mt),
-                xytext=(-4 if i % 2 else 4, 3),
+                (x, y),
+                xytext=(dx, dy),
                 textcoords="offset points",
-                ha="right" if i % 2 else "left",
-                fontsize=5.5,
-                color="0.35",
+                ha=ha,
+                fontsize=6.5,
+                color="0.3",
             )
-    for _, row in points.iterrows():
+        zoom.set_xlim(87.5, 97.5)
+        zoom.set_ylim(6.6, 9.3)
+        zoom.set_xlabel("AlpacaEval 1.0 win rate vs text-davinci-003 (%)", fontsize=8)
+        zoom.set_ylabel("MT-Bench (GPT-4 judge)", fontsize=8)
+        zoom.set_title("KD-DAE paper, published (zoomed)", fontsize=9)
+        zoom.tick_params(labelsize=7)
+        zoom.grid(alpha=0.3)
+    for i, (_, row) in enumerate(points.iterrows()):
         ax.errorbar(
             row["win_rate"],
             row["overall"],
@@ -115,22 +140,25 @@ def evaluation(points: pd.DataFrame, judge: str, reference: str, paper: bool = T
             capsize=3,
             label=row["model"],
         )
+        # alternate the label above/below: models can land on nearly the same point
         ax.annotate(
             row["model"],
             (row["win_rate"], row["overall"]),
-            xytext=(5, -10),
             textcoords="offset points",
+            xytext=(5, 6 if i % 2 else -11),
             fontsize=8,
         )
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 10)
     ax.set_xlabel(f"AlpacaEval win rate against {reference} (%)")
     ax.set_ylabel("MT-Bench overall (1-10)")
-    ax.set_title(f"MT-Bench vs AlpacaEval (judge: {judge})", fontsize=10)
+    ax.set_title(f"MT-Bench vs AlpacaEval\njudge: {judge}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    note = PAPER_NOTE.format(judge=judge, reference=reference)
-    fig.text(0.01, -0.01, textwrap.fill(note, 125), fontsize=6.5, va="top", color="0.3")
+    if paper:
+        note = PAPER_NOTE.format(judge=judge, reference=reference)
+        fig.text(0.01, -0.01, textwrap.fill(note, 160), fontsize=6.5, va="top", color="0.3")
+    fig.tight_layout()
     return fig
 
 

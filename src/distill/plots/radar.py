@@ -79,13 +79,14 @@ def radar(table: pd.DataFrame, judge: str, paper_reference: bool = False):
     ax.set_ylim(0, 10)
     ax.set_yticks([2, 4, 6, 8, 10])
     ax.set_yticklabels(["2", "4", "6", "8", "10"], fontsize=7, color="0.4")
-    ax.set_title(f"MT-Bench by category (judge: {judge})", fontsize=10, pad=18)
+    ax.set_title(f"MT-Bench by category\njudge: {judge}", fontsize=9, pad=32)
     ax.legend(
-        title="model (overall)",
+        title="model (overall mean)",
         fontsize=7,
         title_fontsize=7,
-        loc="upper right",
-        bbox_to_anchor=(1.32, 1.12),
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.08),
+        ncol=2,
     )
     return fig
 
