@@ -200,13 +200,16 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
         assert abs(loss_a - loss_b) < 1e-5
 
 
-def test_a_checkpoint_from_other_settings_is_refused(tmp_path, tiny_student_dir, small_dataset):
+def test_a_checkpoint_from_other_settings_is_set_aside(tmp_path, tiny_student_dir, small_dataset):
     ckpt = tmp_path / "ckpt"
     args = train_args(tiny_student_dir, small_dataset, tmp_path / "a", ckpt, steps=2)
     run_module("distill.train", *args)
     other = train_args(tiny_student_dir, small_dataset, tmp_path / "b", ckpt, steps=4)
-    result = run_module("distill.train", *other, check=False)
-    assert result.returncode == 2 and "made with other settings" in result.stderr
+    result = run_module("distill.train", *other)
+    assert "made with other settings" in result.stderr and "resumed" not in result.stderr
+    assert (ckpt / "checkpoint.stale.pt").exists()
+    log = (tmp_path / "b" / "train_log.csv").read_text().splitlines()
+    assert len(log) == 5  # a fresh run of 4 steps
 
 
 def test_a_damaged_model_file_is_found_before_training(tmp_path, tiny_student_dir, small_dataset):

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill import losses
 from distill.batching import collate, encode_examples
-from distill.io import read_examples
+from distill.io import InputError, read_examples
 from distill.objectives import build_objective
 from distill.objectives.feedback import (
     feedback_batch,
@@ -112,6 +112,20 @@ def test_feedback_kl_is_zero_against_itself_and_positive_otherwise(
     terms["loss"].backward()
     assert all(p.grad is not None for p in student.parameters())
 
+    # Its normaliser: the micro-batch's sampled-token mean / grad_accum (the same samples again).
+    torch.manual_seed(0)
+    built = other._sample(student, batch)
+    inputs = {k: built[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        mean = losses.reverse_kl(
+            student(**inputs).logits, other.teacher.distribution(inputs), built["feedback_mask"]
+        )
+    assert values["feedback_kl"] == pytest.approx(float(mean) / 2, rel=1e-4)
+    assert values["sampled_tokens"] == int(built["feedback_mask"].sum())
+    # The loop must run grad_accum micro-batches per step, as the settings say: one is refused.
+    with pytest.raises(InputError, match="grad_accum = 2 but the loop ran 1 micro-batches"):
+        other.on_step_start(1, student)
+
 
 def test_feedback_rows_are_the_sampled_tokens_only():
     # Collated rows: prompt lengths 3 and 2 (first target row = prompt_len - 1).
@@ -169,8 +183,6 @@ def test_topk_teacher_cross_entropy_uses_the_buckets():
 
 
 def test_bad_settings_are_refused(tiny_student_dir, small_dataset):
-    from distill.io import InputError
-
     with pytest.raises(InputError, match="unknown keys.*lambda_prime"):
         feedback_objective(tiny_student_dir, tiny_student_dir, small_dataset, lambda_prime=1)
 

@@ -232,13 +232,23 @@ def main() -> None:
     # --- resume: into the bare model and optimizer, before `prepare` wraps/shards them --------
     step, tokens, flops, wall, rows = 0, 0, 0.0, 0.0, []
     ckpt_path = ckpt_dir / CHECKPOINT
+    state = None
     if ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["seed"] != args.seed or state["settings"] != settings:
-            raise InputError(
-                f"{ckpt_path}: made with other settings or seed than this run. Fix: delete "
-                f"{ckpt_dir} to start over, or rerun with the settings it was made with."
-            )
+        same_run = (state["seed"], state["settings"], state.get("objective_settings")) == (
+            args.seed, settings, objective_settings
+        )  # fmt: skip
+        if not same_run:
+            # Snakemake reruns a job whose params changed: the old checkpoint belongs to another
+            # run. Keep it aside (never delete paid-for work) and start over.
+            stale = ckpt_path.with_suffix(".stale.pt")
+            accelerator.wait_for_everyone()  # every process has read it before it moves
+            if accelerator.is_main_process:
+                os.replace(ckpt_path, stale)
+            log.warning("%s was made with other settings: moved to %s, starting over",
+                        ckpt_path, stale)  # fmt: skip
+            state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -339,6 +349,7 @@ def main() -> None:
                     "rng": rng,
                     "step": step, "tokens": tokens, "flops": flops, "wall": wall, "rows": rows,
                     "settings": settings, "seed": args.seed, "objective_name": args.objective,
+                    "objective_settings": objective_settings,
                 }  # fmt: skip
                 with atomic_path(ckpt_path) as tmp:
                     torch.save(state, tmp)

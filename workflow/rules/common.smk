@@ -53,6 +53,10 @@ ENV = "../../envs/distill.yaml"  # the conda environment of every rule (--sdm co
 GPUS = config["gpus"]  # the `gpu` resource of every rule that a GPU speeds up
 
 
+# OpenMP threads that wait by sleeping, not spinning: with two jobs sharing 2 cores, spinning
+# threads made torch steps 3-20x slower here. Jobs inherit this environment.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # How training starts: one process, or one per GPU through accelerate (DDP, FSDP or DeepSpeed).
 TRAIN_GPUS = config["train_gpus"]
 TRAIN_LAUNCH = (

@@ -9,8 +9,8 @@ For a training example with prompt x and data response,
 * The first bracket. With a one-hot p_data the entropy of p_data cancels between the two KLs, so
   the bracket is CE_student − CE_teacher on the data's response tokens (`ce_student`,
   `ce_teacher`, `sft_term` = λ·bracket). CE_teacher does not depend on θ: it adds nothing to the
-  gradient, but it is part of the loss VALUE (which is why λ'=0 curves sit near 0, not near the
-  student's CE), and it is logged.
+  gradient, but it is part of the loss VALUE (the λ' = 0 curve is CE_student − CE_teacher, below 0
+  once the student beats the teacher on the data), and it is logged.
 * The last term (`feedback_kl`). Per micro-batch we draw one continuation y ~ p_θ(·|x) for each
   example's prompt x (its tokens before the response) with the student itself (temperature, top_p,
   max_new_tokens; KV cache; stopped at the first EOS, which is kept as the last sampled token),
@@ -21,7 +21,8 @@ For a training example with prompt x and data response,
   on-policy distillation estimator (GKD, Agarwal et al. 2023, arXiv 2306.13649; MiniLLM's
   single-step part, Gu et al. 2023, arXiv 2306.08543); it is biased for the ∫dy term as written.
 * Only per-token log-probabilities of the teacher are used, through `distill.teachers.Teacher`
-  (full logits or a `TopKTeacher`): never its weights.
+  (full logits or a `TopKTeacher`): never its weights. The student is needed whole in every
+  process (it samples): FSDP and DeepSpeed ZeRO-3 are refused.
 
 Normalisation. The SFT terms are divided by the loop's normaliser (the data target tokens of the
 window, see distill.train). The feedback term has its own token count: each micro-batch's term is
@@ -33,9 +34,10 @@ shrink the term by that factor. With λ' = 0 nothing is sampled and the loss is 
 
 Held-out gap. `on_step_start` measures CE_student − CE_teacher (token means over the response
 tokens of the first `heldout_examples` validation examples) every `eval_every` steps, before the
-step's update: `heldout_ce_gap` after `heldout_step` updates and `heldout_flops` training FLOPs.
-It returns the latest evaluation at every step, so any `log_every` keeps each evaluation in the
-log; a reader deduplicates on `heldout_step`. Evaluation FLOPs are not training FLOPs.
+step's update: `heldout_ce_gap` after `heldout_step` updates, i.e. at the training FLOPs of the
+log row whose `step` is `heldout_step` (0 before any). It returns the latest evaluation at every
+step, so any `log_every` keeps each evaluation in the log; a reader deduplicates on
+`heldout_step`. Evaluation FLOPs are not training FLOPs.
 
 FLOPs of a micro-batch (`flops`, 2·N per token for a forward, 6·N for forward+backward):
 6·N·(data tokens) + 2·N_T·(data tokens) [CE_teacher], and for λ' > 0 also
@@ -181,6 +183,7 @@ class Feedback(Objective):
         if settings["lam_prime"] < 0 or settings["lam"] < 0:
             raise InputError("--objective-settings: lam and lam_prime must be >= 0.")
         self.accelerator = context["accelerator"]
+        _check_whole_student(self.accelerator)
         self.tokenizer = context["tokenizer"]
         self.pad_id = (
             self.tokenizer.pad_token_id
@@ -202,7 +205,6 @@ class Feedback(Objective):
             raise InputError("--valid: objective feedback needs held-out examples for its gap.")
         self.world = self.accelerator.num_processes
         # State saved in checkpoints (resume gives the same log).
-        self.flops_seen = 0.0
         self.latest_eval: dict = {}
         self._teacher_heldout_ce: float | None = None
         self._microbatches = 0
@@ -301,7 +303,6 @@ class Feedback(Objective):
             generated, feedback_tokens = self._last_counts
             total += 2.0 * n_params * generated
             total += (6.0 * n_params + teacher_per_token) * feedback_tokens
-        self.flops_seen += total * self.world
         return total
 
     def on_step_start(self, step: int, student) -> dict:
@@ -318,7 +319,6 @@ class Feedback(Objective):
                 self._teacher_heldout_ce = self._heldout_ce(self.teacher.distribution)
             self.latest_eval = {
                 "heldout_step": step,
-                "heldout_flops": self.flops_seen,
                 "heldout_ce_student": student_ce,
                 "heldout_ce_teacher": self._teacher_heldout_ce,
                 "heldout_ce_gap": student_ce - self._teacher_heldout_ce,
@@ -343,13 +343,11 @@ class Feedback(Objective):
 
     def state_dict(self) -> dict:
         return {
-            "flops_seen": self.flops_seen,
             "latest_eval": self.latest_eval,
             "teacher_heldout_ce": self._teacher_heldout_ce,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.flops_seen = state["flops_seen"]
         self.latest_eval = state["latest_eval"]
         self._teacher_heldout_ce = state["teacher_heldout_ce"]
         # A resumed run starts at a step boundary.
@@ -375,6 +373,21 @@ def _rows(teacher, rows: slice, width: int):
         teacher.indices[rows, :width],
         teacher.leftover[rows, :width],
     )
+
+
+def _check_whole_student(accelerator) -> None:
+    """Refuse sharded parameters: sampling and the held-out gap run the unwrapped student."""
+    from accelerate.utils import DistributedType
+
+    kind = getattr(accelerator, "distributed_type", DistributedType.NO)
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    zero3 = kind == DistributedType.DEEPSPEED and getattr(plugin, "zero_stage", 0) == 3
+    if kind == DistributedType.FSDP or zero3:
+        raise InputError(
+            "objective feedback samples from the whole student in every process, which FSDP "
+            "and DeepSpeed ZeRO-3 shard. Fix: `distributed: ddp` (or deepspeed, ZeRO-2), or "
+            "train_gpus: 1."
+        )
 
 
 def _check_tokenizers(teacher_dir: str, tokenizer) -> None:

@@ -23,6 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on clusters or CI
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
@@ -31,7 +32,7 @@ from distill.plots.training_curves import save_figure  # noqa: E402
 
 # /work/shared/PUBLISHED.md, "The λ' sweep": loss at the seed's compute 200, per λ'.
 PUBLISHED = {0: 0.66, 0.5: 0.46, 1: 0.32, 2: 0.15, 3: 0.09}
-NEEDED = ["flops", "loss", "heldout_step", "heldout_flops", "heldout_ce_gap"]
+NEEDED = ["step", "flops", "loss", "heldout_step", "heldout_ce_gap"]
 
 
 def read_run(path: str) -> pd.DataFrame:
@@ -55,9 +56,17 @@ def smoothed(values: pd.Series, window: int) -> pd.Series:
 
 
 def heldout_points(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per held-out evaluation (the log repeats the latest one on every row)."""
+    """One row per held-out evaluation (the log repeats the latest one on every row), with the
+    training FLOPs spent when it was made: those of the row whose `step` is its `heldout_step`
+    (interpolated when that row was not logged; 0 before the first step)."""
     points = frame.dropna(subset=["heldout_step"]).drop_duplicates("heldout_step")
-    return points[["heldout_step", "heldout_flops", "heldout_ce_gap"]]
+    steps = np.concatenate([[0.0], frame["step"].to_numpy(float)])
+    flops = np.concatenate([[0.0], frame["flops"].to_numpy(float)])
+    at = np.interp(points["heldout_step"].to_numpy(float), steps, flops)
+    return pd.DataFrame(
+        {"heldout_step": points["heldout_step"].to_numpy(), "heldout_flops": at,
+         "heldout_ce_gap": points["heldout_ce_gap"].to_numpy()}
+    )  # fmt: skip
 
 
 def parse_runs(specs: list[str]) -> list[tuple[float, str]]:
