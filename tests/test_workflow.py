@@ -77,7 +77,8 @@ def kill_snakemake_mid_training(repo: Path) -> None:
     """Start the workflow, SIGKILL snakemake and its jobs once SFT wrote its first checkpoint."""
     checkpoint = repo / "results/checkpoints/student_sft/checkpoint.pt"
     proc = subprocess.Popen(
-        [str(BIN / "snakemake"), "-c2", "--configfile", *CONFIGS, "results/models/student_sft"],
+        # The target comes first: --configfile takes every argument after it.
+        [str(BIN / "snakemake"), "-c2", "results/models/student_sft", "--configfile", *CONFIGS],
         cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 900
@@ -97,7 +98,10 @@ def test_ci_config_runs_to_every_figure_and_the_report(tmp_path):
     repo = copy_repo(tmp_path / "repo")
     (repo / "longer_sft.yaml").write_text("sft: {train: {steps: 12}}\n")
     kill_snakemake_mid_training(repo)
-    # The rerun redoes the killed job, which resumes from the checkpoint.
+    # As after any killed run: release snakemake's lock, then rerun. The rerun redoes the
+    # killed job (rerun-incomplete), which resumes from the checkpoint.
+    unlock = snakemake("--unlock", "--configfile", *CONFIGS, cwd=repo)
+    assert unlock.returncode == 0, unlock.stderr[-2000:]
     run = snakemake("-c2", "--configfile", *CONFIGS, cwd=repo)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     assert "resumed from" in (repo / "results/logs/train/student_sft.log").read_text()

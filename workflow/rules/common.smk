@@ -110,13 +110,11 @@ def folder_of(path):
     return os.path.dirname(path) if path else None
 
 
-def teacher_inputs(stage, dataset, teachers=("teacher",)):
-    """A stage's teacher directories, and their caches when the stage reads from caches.
-
-    Keys are the roles (teacher, expert); a stage may name another model for a role
-    (`ddk.teacher: qwen14b`), resolved from models.extra.
+def teacher_inputs(stage, dataset, models=None):
+    """A stage's teacher directories by role (teacher, expert), and their caches when the stage
+    reads from caches. `models` maps each role to a model name (default: the general teacher).
     """
-    models = {role: config[stage].get(role, role) for role in teachers}
+    models = models or {"teacher": "teacher"}
     inputs = {role: f"results/models/{name}" for role, name in models.items()}
     if config[stage]["teacher_source"] == "cache":
         inputs.update(

@@ -76,7 +76,7 @@ rule dae_data:
 
 rule train_dae:
     input:
-        **teacher_inputs("dae", "dae", teachers=("teacher", "expert")),
+        **teacher_inputs("dae", "dae", {"teacher": "teacher", "expert": "expert"}),
         student="results/models/student_kd",
         train="results/data/dae/train.jsonl",
         valid="results/data/dae/valid.jsonl",

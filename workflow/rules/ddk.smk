@@ -7,7 +7,7 @@ DDK_KEYS += ["valid_per_domain"]
 
 rule train_ddk:
     input:
-        **teacher_inputs("ddk", "instructions"),
+        **teacher_inputs("ddk", "instructions", {"teacher": config["ddk"]["teacher"]}),
         student=f"results/models/{config['ddk']['student']}",
         train="results/data/instructions/train.jsonl",
         valid="results/data/instructions/valid.jsonl",
