@@ -26,9 +26,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "results/models"
-DATA = REPO / "results/data/instructions"
-CACHE = REPO / "results/cache/teacher/instructions"
+# Set from --results in main(): where the workflow left the models, data and cache.
+MODELS = DATA = CACHE = Path()
 
 
 def run_child(command: list[str]) -> tuple[float, str]:
@@ -141,7 +140,12 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=160)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each method (medians)")
     parser.add_argument("--out", default="bench/results/kd.json")
+    parser.add_argument("--results", default=str(REPO / "results"), help="the workflow's results/")
     args = parser.parse_args()
+    global MODELS, DATA, CACHE
+    results = Path(args.results).resolve()
+    MODELS, DATA = results / "models", results / "data/instructions"
+    CACHE = results / "cache/teacher/instructions"
     manifest = json.loads((CACHE / "manifest.json").read_text())
     teacher = str(MODELS / "teacher")
     methods = {
