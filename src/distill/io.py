@@ -118,14 +118,11 @@ def check_example(row: Any, require_response: bool = True) -> str | None:
     return None
 
 
-def read_examples(path: str | os.PathLike, require_response: bool = True) -> list[dict]:
-    """Read a dataset jsonl, stopping at the first bad row with the file, line and the fix.
-
-    With `require_response=False` rows may end on a user turn (prompt-only sets).
-    """
+def read_jsonl(path: str | os.PathLike, what: str = "example") -> list[tuple[int, dict]]:
+    """(line number, object) for each non-empty line; bad JSON stops with the file and line."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found. Fix: check the path in your config.")
+    if not path.is_file():
+        raise InputError(f"{path}: {what} file not found. Fix: check the path in your config.")
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -136,16 +133,28 @@ def read_examples(path: str | os.PathLike, require_response: bool = True) -> lis
             except json.JSONDecodeError as e:
                 raise InputError(
                     f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}). "
-                    "Fix: one JSON object per line, as "
-                    '{"id": ..., "domain": ..., "messages": [{"role": ..., "content": ...}]}.'
+                    f"Fix: one JSON {what} object per line."
                 ) from None
-            problem = check_example(row, require_response)
-            if problem:
-                raise InputError(
-                    f"{path}:{lineno}: {problem}. Fix this row or remove it; each row must be "
-                    '{"id": ..., "domain": ..., "messages": [..., {"role": "assistant", ...}]}.'
-                )
-            rows.append(row)
+            if not isinstance(row, dict):
+                raise InputError(f"{path}:{lineno}: expected a JSON object ({what}).")
+            rows.append((lineno, row))
+    return rows
+
+
+def read_examples(path: str | os.PathLike, require_response: bool = True) -> list[dict]:
+    """Read a dataset jsonl, stopping at the first bad row with the file, line and the fix.
+
+    With `require_response=False` rows may end on a user turn (prompt-only sets).
+    """
+    rows = []
+    for lineno, row in read_jsonl(path):
+        problem = check_example(row, require_response)
+        if problem:
+            raise InputError(
+                f"{path}:{lineno}: {problem}. Fix this row or remove it; each row must be "
+                '{"id": ..., "domain": ..., "messages": [..., {"role": "assistant", ...}]}.'
+            )
+        rows.append(row)
     if not rows:
         raise InputError(f"{path}: no rows. Fix: the file must hold at least one example.")
     return rows

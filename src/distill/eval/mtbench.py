@@ -54,7 +54,7 @@ from typing import Any
 
 import pandas as pd
 
-from distill.io import InputError, atomic_path, main_guard, setup_logging, write_jsonl
+from distill.io import InputError, atomic_path, main_guard, read_jsonl, setup_logging, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -107,27 +107,6 @@ SCORE_COLUMNS = ["turn1", "turn2", "overall", *CATEGORY_LABELS.values()]
 # --- reading and writing FastChat's files --------------------------------------------------------
 
 
-def _read_jsonl(path: str | os.PathLike, what: str) -> list[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} file not found. Fix: check the path.")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(
-                    f"{path}:{lineno}: not valid JSON ({e.msg}). Fix: one {what} object per line."
-                ) from None
-            if not isinstance(row, dict):
-                raise InputError(f"{path}:{lineno}: expected a JSON object ({what}).")
-            rows.append((lineno, row))
-    return rows
-
-
 def _is_str_list(x: Any) -> bool:
     return isinstance(x, list) and bool(x) and all(isinstance(t, str) for t in x)
 
@@ -135,7 +114,7 @@ def _is_str_list(x: Any) -> bool:
 def read_questions(path: str | os.PathLike) -> list[dict]:
     """question.jsonl -> [{"question_id": int, "category": str, "turns": [str, ...]}, ...]."""
     out, seen = [], set()
-    for lineno, q in _read_jsonl(path, "MT-Bench question"):
+    for lineno, q in read_jsonl(path, "MT-Bench question"):
         where = f"{path}:{lineno}"
         if not isinstance(q.get("question_id"), int):
             raise InputError(f'{where}: "question_id" must be an integer.')
@@ -151,7 +130,7 @@ def read_questions(path: str | os.PathLike) -> list[dict]:
 def read_judge_prompts(path: str | os.PathLike) -> dict[str, dict]:
     """judge_prompts.jsonl -> {name: {"name", "type", "system_prompt", "prompt_template", ...}}."""
     out = {}
-    for lineno, p in _read_jsonl(path, "judge prompt"):
+    for lineno, p in read_jsonl(path, "judge prompt"):
         keys = ("name", "type", "system_prompt", "prompt_template", "output_format")
         missing = [k for k in keys if not isinstance(p.get(k), str)]
         if missing:
@@ -215,7 +194,7 @@ def read_answers(path: str | os.PathLike) -> dict[int, dict]:
     A question answered twice keeps its last line, as FastChat's load_model_answers does.
     """
     out: dict[int, dict] = {}
-    for lineno, a in _read_jsonl(path, "answer"):
+    for lineno, a in read_jsonl(path, "answer"):
         _check_answer(a, f"{path}:{lineno}")
         if a["question_id"] in out:
             log.warning(
@@ -246,7 +225,7 @@ def write_judgments(path: str | os.PathLike, judgments: Iterable[dict]) -> None:
 def read_judgments(path: str | os.PathLike) -> list[dict]:
     """A judgments jsonl (gen_judgment.py --mode single) -> list of records (checked)."""
     out = []
-    for lineno, j in _read_jsonl(path, "judgment"):
+    for lineno, j in read_jsonl(path, "judgment"):
         missing = [k for k in ("question_id", "model", "score", "turn") if k not in j]
         if missing:
             raise InputError(
