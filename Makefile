@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SNAKEMAKE := $(BIN)/snakemake
+# Rules run `python -m distill...` by name: the environment's python must come first on PATH.
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: setup system run report dag test lint clean
 
