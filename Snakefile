@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# A config file is whole: config.yaml (the embedded default) is read only when no --configfile
+# is given. An overlay names its base: --configfile config.yaml configs/ci.yaml.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"
@@ -18,6 +22,11 @@ include: "workflow/rules/ddk.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/plots.smk"
+
+
+# Before the first job runs (not in a dry run): the judge's API key and access to hub models.
+onstart:
+    check_before_jobs()
 
 
 rule all:

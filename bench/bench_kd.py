@@ -9,8 +9,11 @@ and the first, warm-up step excluded).
 Also: the loss's peak memory at vocab 49152, chunked vs unchunked, and the cache's bytes/token
 against full fp16 logits with its top-k error (from the cache manifest).
 
-    snakemake -c2 results/cache/teacher/instructions/manifest.json   # models, data, cache
+    pip install -e '.[bench]'        # TRL, for its GKDTrainer
+    snakemake -c2 results/models/student_kd/seed0   # models, data, cache
     python bench/bench_kd.py --steps 12 --out bench/results/kd.json
+
+The loss's memory with the fused hidden-state loss: bench/bench_fused_kd.py.
 """
 
 from __future__ import annotations
@@ -145,7 +148,8 @@ def main() -> None:
     global MODELS, DATA, CACHE
     results = Path(args.results).resolve()
     MODELS, DATA = results / "models", results / "data/instructions"
-    CACHE = results / "cache/teacher/instructions"
+    # The cache folder is named by the temperature and max_len it was built with.
+    CACHE = next((results / "cache/teacher/instructions").glob("*/manifest.json")).parent
     manifest = json.loads((CACHE / "manifest.json").read_text())
     teacher = str(MODELS / "teacher")
     methods = {
@@ -187,7 +191,7 @@ def main() -> None:
     }
     summary["loss_memory"] = loss_memory(2048, 49152)
     summary["cache"] = {
-        k: manifest.get(k) for k in manifest if "byte" in k or "error" in k or k == "k"
+        k: manifest.get(k) for k in ("kind", "k", "samples", "bytes_per_token", "quality")
     }
     summary["runs"] = runs
     summary["command"] = " ".join(["python", *sys.argv])

@@ -1,5 +1,6 @@
-"""AlpacaEval: the weighted pairwise protocol against alpaca_eval's own annotator, the files, and
-the leaderboard against alpaca_eval.metrics.get_winrate. All offline.
+"""AlpacaEval: the weighted pairwise protocol (2.0) and the ranking protocol (1.0,
+alpaca_eval_gpt4) against alpaca_eval's own annotator and parser, the files, and the leaderboard
+against alpaca_eval.metrics.get_winrate. All offline.
 
     pytest tests/test_alpaca.py
 """
@@ -22,6 +23,7 @@ from distill.io import InputError
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import alpaca_eval.annotators.base as ae_base
+    import alpaca_eval.completion_parsers as ae_parsers
     import alpaca_eval.utils as ae_utils
     from alpaca_eval.annotators import PairwiseAnnotator
     from alpaca_eval.metrics import get_winrate
@@ -40,7 +42,10 @@ def fake_logprobs(text: str) -> dict[str, float]:
 
 
 class StandInJudge:
+    """The weighted protocol's stand-in: log-probs of "m"/"M" from the quality tags."""
+
     name = "stand-in"
+    rating = "expected"
 
     def __init__(self):
         self.calls: list[list[dict]] = []
@@ -52,6 +57,46 @@ class StandInJudge:
         self.calls.append(messages)
         assert choices == ["m", "M"]
         return fake_logprobs("\n".join(m["content"] for m in messages))
+
+    def continuation_logprobs(self, messages, prefill, continuations):
+        raise AssertionError("the weighted protocol asks only for next-token log-probs")
+
+    def rate(self, messages):
+        raise AssertionError("AlpacaEval does not rate")
+
+    def map(self, fn, items):
+        return [fn(x) for x in items]
+
+
+def fake_ranking(text: str) -> str:
+    """alpaca_eval_gpt4's answer of a judge that ranks the output with the higher quality tag
+    first (the first-shown one on a tie), as GPT-4 writes it."""
+    q_first, q_second = (int(x) for x in re.findall(r"<<Q(\d+)>>", text)[-2:])
+    first, second = ("model_1", "model_2") if q_first >= q_second else ("model_2", "model_1")
+    return f"[{{'model': '{first}', 'rank': 1}}, {{'model': '{second}', 'rank': 2}}]"
+
+
+class RankingJudge(StandInJudge):
+    """AlpacaEval 1.0's stand-ins: `generate` writes fake_ranking; `expected` gives the
+    log-probabilities of "model_1" and "model_2" at the rank-1 place from the same tags."""
+
+    def __init__(self, rating: str):
+        super().__init__()
+        self.rating = rating
+        self.asked: list[dict] = []
+
+    def complete(self, messages, *, max_tokens, temperature):
+        self.calls.append(messages)
+        self.asked.append({"max_tokens": max_tokens, "temperature": temperature})
+        return fake_ranking(messages[-1]["content"])
+
+    def continuation_logprobs(self, messages, prefill, continuations):
+        self.calls.append(messages)
+        self.asked.append({"prefill": prefill, "continuations": continuations})
+        q_first, q_second = (
+            int(x) for x in re.findall(r"<<Q(\d+)>>", messages[-1]["content"])[-2:]
+        )
+        return {"model_1": -0.5 * (q_second + 1), "model_2": -0.5 * (q_first + 1) - 1e-3}
 
 
 def outputs(n: int = 40, seed: int = 0):
@@ -107,7 +152,7 @@ def test_switch_rule_matches_alpaca_eval():
 def test_annotator_seed_is_zero():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ann = PairwiseAnnotator(annotators_config=alpaca.ANNOTATOR, caching_path=None)
+        ann = PairwiseAnnotator(annotators_config=alpaca.WEIGHTED, caching_path=None)
     [single] = ann.annotators.values()
     [proc] = [p for p in single.processors if isinstance(p, RandomSwitchTwoColumnsProcessor)]
     assert proc.seed == alpaca.ANNOTATOR_SEED == 0 and proc._switch_column == "is_switched_outputs"
@@ -147,15 +192,17 @@ def test_identical_outputs_need_no_judge_call():
             "generator_2": "s",
         }
     ]
-    [rec] = alpaca.annotate(judge, rows)
-    assert rec["preference"] == 1.5 and judge.calls == []
+    for annotator in (alpaca.WEIGHTED, alpaca.RANKING):
+        [rec] = alpaca.annotate(judge, rows, annotator)
+        assert rec["preference"] == 1.5 and judge.calls == []
 
 
 def test_prompt_is_alpaca_evals_file():
-    text = alpaca.load_prompt_template()
+    annotator = alpaca.Annotator(alpaca.WEIGHTED)
+    text = annotator.template
     assert "{instruction}" in text and "{output_1}" in text and "{output_2}" in text
     messages, switched = alpaca.build_messages(
-        text, "Say hi {output_1}", "Hello <<Q1>>", "Hey <<Q2>>"
+        annotator, "Say hi {output_1}", "Hello <<Q1>>", "Hey <<Q2>>"
     )
     assert [m["role"] for m in messages] == ["system", "user"]
     first, second = ("Hey", "Hello") if switched else ("Hello", "Hey")
@@ -197,10 +244,10 @@ def test_annotations_equal_alpaca_evals_pipeline(monkeypatch):
     monkeypatch.setattr(ae_base, "get_fn_completions", lambda name: fake_completions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ann = PairwiseAnnotator(annotators_config=alpaca.ANNOTATOR, caching_path=None)
+        ann = PairwiseAnnotator(annotators_config=alpaca.WEIGHTED, caching_path=None)
         theirs = ann.annotate_head2head(outputs_1=ref, outputs_2=mod)
     judge = StandInJudge()
-    ours = alpaca.annotate(judge, alpaca.pair_outputs(ref, mod))
+    ours = alpaca.annotate(judge, alpaca.pair_outputs(ref, mod), alpaca.WEIGHTED)
 
     theirs_by = {r["instruction"]: r for r in theirs}
     assert len(ours) == len(theirs) == 40
@@ -233,7 +280,7 @@ def test_model_outputs_round_trip(tmp_path):
 
 def test_annotations_round_trip(tmp_path):
     ref, mod = outputs(12)
-    recs = alpaca.annotate(StandInJudge(), alpaca.pair_outputs(ref, mod))
+    recs = alpaca.annotate(StandInJudge(), alpaca.pair_outputs(ref, mod), alpaca.WEIGHTED)
     recs[0]["preference"] = math.nan  # a judge that listed neither token
     path = tmp_path / "annotations.json"
     alpaca.write_annotations(path, recs)
@@ -276,7 +323,7 @@ def annotations_for(generator: str, n: int, seed: int) -> list[dict]:
                 "generator_1": "teacher",
                 "output_2": "o" * rng.randint(1, 300),
                 "generator_2": generator,
-                "annotator": alpaca.ANNOTATOR,
+                "annotator": alpaca.WEIGHTED,
                 "preference": pref,
             }
         )
@@ -332,16 +379,96 @@ def test_annotate_cli_end_to_end(tmp_path):
             f"cache_path: {tmp_path / 'cache.jsonl'}\nmax_concurrency: 4\n"
         )
         out = tmp_path / "annotations.json"
-        argv = ["annotate", "--model-outputs", str(tmp_path / "mod.json")]
+        argv = ["annotate", "--annotator", alpaca.WEIGHTED]
+        argv += ["--model-outputs", str(tmp_path / "mod.json")]
         argv += ["--reference-outputs", str(tmp_path / "ref.json"), "--judge-config", str(cfg)]
         alpaca.main([*argv, "--out", str(out)])
         n = server.n_requests
         assert n == 11  # 12 pairs, 1 identical
         assert all(b["logprobs"] and b["max_tokens"] == 1 for b in server.requests)
     recs = alpaca.read_annotations(out)
-    expected = alpaca.annotate(StandInJudge(), alpaca.pair_outputs(ref, mod))
+    expected = alpaca.annotate(StandInJudge(), alpaca.pair_outputs(ref, mod), alpaca.WEIGHTED)
     assert [r["preference"] for r in recs] == pytest.approx(
         [r["preference"] for r in expected], abs=1e-12
     )
     board = alpaca.leaderboard(recs)
     assert board.loc["student", "n_total"] == 12
+
+
+# --- AlpacaEval 1.0: alpaca_eval_gpt4's ranking, parsed by the library ----------------------------
+
+
+def alpaca_eval_gpt4_annotations(monkeypatch, ref, mod, completion_for):
+    """alpaca_eval's own PairwiseAnnotator with the alpaca_eval_gpt4 config, its completion call
+    replaced by `completion_for(prompt) -> text`; returns (annotations, the prompts it sent)."""
+    seen = []
+
+    def fake_completions(prompts, **kwargs):
+        seen.extend(prompts)
+        return {
+            "completions": [completion_for(p) for p in prompts],
+            "price_per_example": [0.0] * len(prompts),
+            "time_per_example": [0.0] * len(prompts),
+        }
+
+    monkeypatch.setattr(ae_base, "get_fn_completions", lambda name: fake_completions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ann = PairwiseAnnotator(annotators_config=alpaca.RANKING, caching_path=None)
+        return ann.annotate_head2head(outputs_1=ref, outputs_2=mod), seen
+
+
+@pytest.mark.parametrize("rating", ["generate", "expected"])
+def test_alpaca_eval_1_equals_the_librarys_annotator(monkeypatch, rating):
+    ref, mod = outputs()
+    theirs, seen = alpaca_eval_gpt4_annotations(monkeypatch, ref, mod, fake_ranking)
+    judge = RankingJudge(rating)
+    ours = alpaca.annotate(judge, alpaca.pair_outputs(ref, mod), alpaca.RANKING)
+    theirs_by = {r["instruction"]: r for r in theirs}
+    assert len(ours) == len(theirs) == 40
+    for r in ours:
+        t = theirs_by[r["instruction"]]
+        assert r["preference"] == t["preference"] and r["preference"] in (1, 1.5, 2)
+        assert r["annotator"] == t["annotator"] == "alpaca_eval_gpt4"
+    # the judge saw exactly the chat messages alpaca_eval sends (same calls, same text)
+    assert len(judge.calls) == len(seen) == 36
+    expected = sorted(json.dumps(ae_utils.prompt_to_chatml(p)) for p in seen)
+    assert sorted(json.dumps(m) for m in judge.calls) == expected
+    if rating == "generate":  # the annotator's own completion settings
+        assert judge.asked[0] == {"max_tokens": 100, "temperature": 0}
+    else:  # read where the answer names its rank-1 model, the ranking written for the parser
+        assert judge.asked[0] == {
+            "prefill": alpaca.RANKING_PREFILL,
+            "continuations": ["model_1", "model_2"],
+        }
+        raw = ours[1]["preference_raw_completion"]["completion"]
+        assert ae_parsers.ranking_parser(raw) in ([1], [2])
+    # win rate as alpaca_eval's get_winrate gives it for the library's annotations
+    board = alpaca.leaderboard(ours)
+    expected_metrics = get_winrate(pd.DataFrame(theirs))
+    for key in alpaca.METRIC_KEYS:
+        assert board.loc["student", key] == pytest.approx(expected_metrics[key], abs=1e-9), key
+
+
+def test_alpaca_eval_1_unreadable_ranking_is_nan(monkeypatch):
+    ref, mod = outputs(6)
+    judge = RankingJudge("generate")
+    judge.complete = lambda messages, **kw: "I cannot decide."  # the parser's NaN
+    records = alpaca.annotate(judge, alpaca.pair_outputs(ref, mod), alpaca.RANKING)
+    judged = [r for r in records if r["preference_raw_completion"] is not None]
+    assert judged and all(math.isnan(r["preference"]) for r in judged)
+    board = alpaca.leaderboard(records)  # get_winrate leaves the NaN rows out
+    assert board.loc["student", "n_total"] == len(records) - len(judged)
+
+
+def test_ranking_text_reads_back_through_the_librarys_parser():
+    assert ae_parsers.ranking_parser(alpaca.ranking_text("model_1")) == [1]
+    assert ae_parsers.ranking_parser(alpaca.ranking_text("model_2")) == [2]
+    assert alpaca.ranking_text("model_1").startswith(alpaca.RANKING_PREFILL + "model_1")
+
+
+def test_unknown_annotator_is_refused():
+    with pytest.raises(InputError, match="not in the installed alpaca_eval"):
+        alpaca.Annotator("gpt-17")
+    with pytest.raises(InputError, match="only"):
+        alpaca.Annotator("alpaca_eval_gpt4_fn")  # pipeline_meta_parser

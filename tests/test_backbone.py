@@ -164,14 +164,15 @@ def test_every_schema_key_has_a_default_and_a_description():
 
 
 # --- resume ---------------------------------------------------------------------------------------
-def train_args(student, data, out, ckpt, steps=6):
+def train_args(student, data, out, ckpt, steps=6, **extra):
     settings = {"steps": steps, "batch_size": 4, "checkpoint_every": 2, "eval_every": 3,
-                "warmup_steps": 1, "max_len": 48, "lr": 3e-3}  # fmt: skip
+                "warmup_steps": 1, "max_len": 48, "lr": 3e-3, **extra}  # fmt: skip
     return ["--objective", "sft", "--student", student, "--train", data[0], "--valid", data[1],
             "--settings", json.dumps(settings), "--seed", "3", "--ckpt-dir", ckpt,
             "--out", out]  # fmt: skip
 
 
+@pytest.mark.slow  # three training runs, about 25 s
 def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
     tmp_path, tiny_student_dir, small_dataset
 ):
@@ -181,12 +182,17 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
     )
 
     resumed = tmp_path / "resumed"
-    args = train_args(tiny_student_dir, small_dataset, resumed, tmp_path / "c2")
+    ckpt = tmp_path / "c2"
+    args = train_args(tiny_student_dir, small_dataset, resumed, ckpt)
     killed = run_module("distill.train", *args, env={"DISTILL_KILL_AFTER_STEP": "3"}, check=False)
     assert killed.returncode == -9  # SIGKILL after step 3; the last checkpoint is step 2
+    assert "step 2: checkpoint saved to" in killed.stderr
     assert not resumed.exists()
     again = run_module("distill.train", *args)
-    assert "resumed from" in again.stderr and "at step 2" in again.stderr
+    assert "resumed from" in again.stderr and "at step 2 of 6" in again.stderr
+    assert "step 4: checkpoint saved" in again.stderr
+    # keep_checkpoints is false by default: nothing of the checkpoint is left once the model is.
+    assert "deleted the resume checkpoint" in again.stderr and not ckpt.exists()
 
     a = load_file(straight / "model.safetensors")
     b = load_file(resumed / "model.safetensors")
@@ -200,14 +206,19 @@ def test_killed_run_resumes_and_ends_where_an_uninterrupted_run_ends(
         assert abs(loss_a - loss_b) < 1e-5
 
 
+@pytest.mark.slow  # two training runs, about 12 s
 def test_a_checkpoint_from_other_settings_is_set_aside(tmp_path, tiny_student_dir, small_dataset):
     ckpt = tmp_path / "ckpt"
-    args = train_args(tiny_student_dir, small_dataset, tmp_path / "a", ckpt, steps=2)
-    run_module("distill.train", *args)
+    args = train_args(tiny_student_dir, small_dataset, tmp_path / "a", ckpt, steps=2,
+                      keep_checkpoints=True)  # fmt: skip
+    first = run_module("distill.train", *args)
+    assert "step 2: checkpoint saved" in first.stderr and "deleted" not in first.stderr
+    assert (ckpt / "checkpoint.pt").exists()  # kept: keep_checkpoints is true
     other = train_args(tiny_student_dir, small_dataset, tmp_path / "b", ckpt, steps=4)
     result = run_module("distill.train", *other)
     assert "made with other settings" in result.stderr and "resumed" not in result.stderr
-    assert (ckpt / "checkpoint.stale.pt").exists()
+    assert (ckpt / "checkpoint.stale.pt").exists()  # set aside, never deleted
+    assert not (ckpt / "checkpoint.pt").exists()  # this run's own one is deleted at the end
     log = (tmp_path / "b" / "train_log.csv").read_text().splitlines()
     assert len(log) == 5  # a fresh run of 4 steps
 

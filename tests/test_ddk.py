@@ -13,7 +13,7 @@ from distill.ddk import (
     DomainSampler,
     domain_ratios,
     initial_domain_weights,
-    next_weights,
+    interval_weights,
     uniform_domain_weights,
     update_domain_weights,
 )
@@ -61,11 +61,11 @@ def test_eq1_is_softmax_of_ratios():
         ratios = student / teacher
         expected = np.exp(ratios) / np.exp(ratios).sum()  # ratios <= 20: no overflow here
         np.testing.assert_allclose(initial_domain_weights(student, teacher), expected, rtol=1e-12)
-        np.testing.assert_allclose(
-            next_weights("no_smoothing", uniform_domain_weights(len(ratios)), student, teacher),
-            expected,
-            rtol=1e-12,
-        )
+        for mode, first in (("no_smoothing", False), ("no_smoothing", True), ("ddk", True)):
+            got = interval_weights(
+                mode, uniform_domain_weights(len(ratios)), student, teacher, 0.5, first=first
+            )
+            np.testing.assert_allclose(got, expected, rtol=1e-12)
 
 
 def test_eq2_properties_on_random_inputs():
@@ -78,8 +78,9 @@ def test_eq2_properties_on_random_inputs():
         assert np.all(np.isfinite(new))
         assert new.sum() == pytest.approx(1.0, abs=1e-12)
         assert np.all(new >= (1 - alpha) / n - 1e-15)
-        # the result is the mode "ddk" of next_weights
-        np.testing.assert_array_equal(next_weights("ddk", weights, student, teacher, alpha), new)
+        # the result is the mode "ddk" after its first interval
+        got = interval_weights("ddk", weights, student, teacher, alpha, first=False)
+        np.testing.assert_array_equal(got, new)
 
 
 def test_eq2_larger_ratio_never_gets_smaller_weight_from_uniform_start():
@@ -122,15 +123,15 @@ def test_eq2_is_stable_for_huge_ratios_and_zero_weights():
     np.testing.assert_allclose(new, [0.25, 0.75])
 
 
-def test_equal_mode_stays_uniform():
+def test_equal_and_natural_modes_stay_uniform():
     rng = np.random.default_rng(5)
-    weights = uniform_domain_weights(4)
-    for _ in range(50):
-        student = rng.uniform(1.0, 100.0, size=4)
-        teacher = rng.uniform(1.0, 100.0, size=4)
-        weights = next_weights("equal", weights, student, teacher, 0.5)
-        np.testing.assert_array_equal(weights, np.full(4, 0.25))
-    np.testing.assert_array_equal(next_weights("equal", weights, None, None), np.full(4, 0.25))
+    for mode in ("equal", "natural"):
+        weights = uniform_domain_weights(4)
+        for step in range(50):
+            student = rng.uniform(1.0, 100.0, size=4)
+            teacher = rng.uniform(1.0, 100.0, size=4)
+            weights = interval_weights(mode, weights, student, teacher, 0.5, first=step == 0)
+            np.testing.assert_array_equal(weights, np.full(4, 0.25))
 
 
 def test_repeated_ddk_updates_stay_distributions():
@@ -139,7 +140,7 @@ def test_repeated_ddk_updates_stay_distributions():
     for _ in range(200):
         student = rng.uniform(5.0, 40.0, size=4)
         teacher = rng.uniform(5.0, 10.0, size=4)
-        weights = next_weights("ddk", weights, student, teacher, 0.5)
+        weights = interval_weights("ddk", weights, student, teacher, 0.5, first=False)
         assert weights.sum() == pytest.approx(1.0, abs=1e-12)
         assert np.all(weights >= 0.5 / 4 - 1e-15)
 
@@ -167,7 +168,7 @@ def test_repeated_ddk_updates_stay_distributions():
 )
 def test_update_validation(args, match):
     with pytest.raises(ValueError, match=match):
-        update_domain_weights(*args)
+        update_domain_weights(*args, 0.5)
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.01, float("nan"), "x"])
@@ -176,22 +177,18 @@ def test_alpha_validation(alpha):
         update_domain_weights([0.5, 0.5], [1.0, 2.0], [1.0, 1.0], alpha)
     for mode in MODES:
         with pytest.raises(ValueError, match="alpha"):
-            next_weights(mode, [0.5, 0.5], [1.0, 2.0], [1.0, 1.0], alpha)
+            interval_weights(mode, [0.5, 0.5], [1.0, 2.0], [1.0, 1.0], alpha, first=False)
 
 
-def test_next_weights_validation():
-    with pytest.raises(ValueError, match="valid modes are ddk, no_smoothing, equal"):
-        next_weights("DDK", [0.5, 0.5], [1.0, 2.0], [1.0, 1.0])
-    with pytest.raises(ValueError, match="needs student_ppl"):
-        next_weights("ddk", [0.5, 0.5], None, None)
-    with pytest.raises(ValueError, match="same length"):
-        next_weights("no_smoothing", [0.5, 0.5], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="same length"):
-        next_weights("equal", [0.5, 0.5], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0])
-    with pytest.raises(ValueError, match="must sum to 1"):
-        next_weights("equal", [0.5, 0.6], None, None)
-    with pytest.raises(ValueError, match="or neither"):
-        next_weights("equal", [0.5, 0.5], [1.0, 2.0], None)
+def test_interval_weights_validation():
+    assert MODES == ("ddk", "no_smoothing", "equal", "natural")  # the schema's ddk.modes enum
+    with pytest.raises(ValueError, match="valid modes are ddk, no_smoothing, equal, natural"):
+        interval_weights("DDK", [0.5, 0.5], [1.0, 2.0], [1.0, 1.0], 0.5, first=False)
+    for mode in MODES:  # every mode validates its inputs the same way
+        with pytest.raises(ValueError, match="same length"):
+            interval_weights(mode, [0.5, 0.5], [1.0, 2.0, 3.0], [1.0, 1.0, 1.0], 0.5, first=False)
+        with pytest.raises(ValueError, match="must sum to 1"):
+            interval_weights(mode, [0.5, 0.6], [1.0, 2.0], [1.0, 1.0], 0.5, first=True)
     with pytest.raises(ValueError, match="at least 1"):
         uniform_domain_weights(0)
 
@@ -310,9 +307,6 @@ def test_sampler_resume_is_exact(k, m):
     assert before + run(resumed, k, k + m) == expected
     assert resumed.state_dict() == uninterrupted.state_dict()
 
-    rebuilt = DomainSampler.from_state_dict(json.loads(text))
-    assert before + run(rebuilt, k, k + m) == expected
-
 
 def test_sampler_resume_keeps_weights_between_updates():
     sampler = DomainSampler(_domains(), seed=1, weights=[0.1, 0.2, 0.3, 0.4])
@@ -363,3 +357,71 @@ def test_sampler_validation():
     broken["positions"]["web"] = 99
     with pytest.raises(ValueError, match="outside"):
         sampler.load_state_dict(broken)
+
+
+# --------------------------------------------------------------------------------------------
+# the objective: settings from the schema, perplexities on plain-text rows
+# --------------------------------------------------------------------------------------------
+
+
+def test_objective_settings_come_from_the_schema_with_the_paper_values():
+    from distill.objectives.ddk import with_schema_defaults
+
+    filled = with_schema_defaults({"mode": "ddk", "teacher": "t", "gamma": 0.3})
+    assert filled["gamma"] == 0.3  # given: kept
+    # The paper's settings (docs/published.md, DDK) are the schema's defaults.
+    assert (filled["alpha"], filled["interval"], filled["temperature"]) == (0.5, 1000, 1.0)
+    assert filled["valid_per_domain"] == 500
+
+
+def test_paper_config_runs_ddk_with_the_paper_settings():
+    from pathlib import Path
+
+    import yaml
+
+    from distill.config import validate_config
+
+    paper = Path(__file__).resolve().parents[1] / "configs" / "paper.yaml"
+    ddk_config = validate_config(yaml.safe_load(paper.read_text()))["ddk"]
+    expected = {"alpha": 0.5, "interval": 1000, "gamma": 0.2, "temperature": 1.0,
+                "valid_per_domain": 500}  # fmt: skip
+    assert {k: ddk_config[k] for k in expected} == expected
+
+
+@pytest.mark.slow
+def test_domain_perplexity_on_plain_text_rows_counts_every_token(tiny_student_dir):
+    """Pretraining rows {"id", "domain", "text"}: every token after the first is a target; the
+    per-domain perplexity is exp of the token-mean CE, computed here in float64 row by row."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distill.batching import encode_examples
+    from distill.objectives.ddk import domain_perplexity
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_student_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_student_dir)
+    rows = [
+        {"id": "a", "domain": "web", "text": "The cat sat on the mat."},
+        {"id": "b", "domain": "code", "text": "def f(x):\n    return x + 1"},
+        {"id": "c", "domain": "web", "text": "Rain is water that falls from clouds today."},
+    ]
+    examples = encode_examples(tokenizer, rows, 64)
+    ppl = domain_perplexity(model, examples, tokenizer.pad_token_id, torch.device("cpu"),
+                            batch_size=2)  # fmt: skip
+
+    double = copy.deepcopy(model).double().eval()
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        ids = torch.tensor([tokenizer(row["text"], add_special_tokens=True)["input_ids"]])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(double(input_ids=ids).logits[0, :-1], -1)
+        nll = -logprobs.gather(-1, ids[0, 1:, None]).sum()
+        total = sums.setdefault(row["domain"], [0.0, 0])
+        total[0] += float(nll)
+        total[1] += ids.shape[1] - 1
+    expected = {d: math.exp(s / n) for d, (s, n) in sums.items()}
+    assert ppl.keys() == expected.keys()
+    for domain, value in expected.items():
+        assert ppl[domain] == pytest.approx(value, rel=1e-4)

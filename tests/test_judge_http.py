@@ -22,6 +22,7 @@ from distill.eval.judges import (
     JudgeUnavailableError,
     OpenAIJudge,
     backoff_delay,
+    check_judge_ready,
     judge_from_config,
     request_key,
 )
@@ -55,7 +56,14 @@ def cache_lines(tmp_path) -> list[dict]:
 
 
 def test_is_a_judge(server, tmp_path):
-    assert isinstance(make_judge(server.base_url, tmp_path), Judge)
+    judge = make_judge(server.base_url, tmp_path)
+    assert isinstance(judge, Judge) and judge.rating == "generate"
+    # a server cannot continue a prefilled turn: the reading methods refuse, naming the fix
+    with pytest.raises(JudgeRequestError, match="rating: generate"):
+        judge.continuation_logprobs(MSG, "[", ["a", "b"])
+    with pytest.raises(JudgeRequestError, match="rating: generate"):
+        judge.rate(MSG)
+    assert server.n_requests == 0
 
 
 def test_429_then_500_then_success(server, tmp_path):
@@ -236,3 +244,21 @@ def test_config_errors(monkeypatch, tmp_path):
         {"model": "m", "api_key_env": "DISTILL_TEST_KEY", "base_url": "http://127.0.0.1:9/v1"}
     )
     assert judge.name == "m" and judge.endpoint == "http://127.0.0.1:9/v1/chat/completions"
+
+
+def test_api_key_is_checked_before_any_job(monkeypatch):
+    config = {"kind": "openai", "model": "gpt-4", "base_url": None, "api_key_env": "DISTILL_KEY"}
+    monkeypatch.delenv("DISTILL_KEY", raising=False)
+    with pytest.raises(InputError) as error:
+        check_judge_ready(config)
+    message = str(error.value)
+    assert "DISTILL_KEY" in message and "eval.judge.api_key_env" in message
+    assert "export DISTILL_KEY=" in message and "\n" not in message  # one paragraph with the fix
+    monkeypatch.setenv("DISTILL_KEY", "  ")  # blank is not a key
+    with pytest.raises(InputError, match="DISTILL_KEY"):
+        check_judge_ready(config)
+    monkeypatch.setenv("DISTILL_KEY", "sk-test")
+    check_judge_ready(config)
+    monkeypatch.delenv("DISTILL_KEY")
+    check_judge_ready(config | {"api_key_env": None})  # a keyless server (vLLM)
+    check_judge_ready({"kind": "transformers", "model": "teacher", "api_key_env": "DISTILL_KEY"})

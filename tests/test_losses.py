@@ -598,3 +598,92 @@ def test_hidden_state_loss():
         hidden_state_loss(sh, th, mask, proj, kind="l1")
     with pytest.raises(ValueError, match="projection"):
         hidden_state_loss(sh, th, mask, None)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampled teacher (Random-Sampling KD): an unbiased forward-KL estimate
+# ----------------------------------------------------------------------------------------------
+
+
+def sampled_from(t_logits, mask, samples, temperature, seed):
+    """A SampledTeacher of the masked rows of t_logits (B, T, V), all drawn with one generator."""
+    g = torch.Generator().manual_seed(seed)
+    per_example = [losses.sample_rows(t_logits[b][mask[b]], samples, temperature, g)
+                   for b in range(t_logits.shape[0])]  # fmt: skip
+    return losses.sampled_teacher(per_example, mask), per_example
+
+
+def test_sample_rows_layout_entropy_and_seed():
+    _, te, _ = make_inputs(30)
+    rows = te[0]  # (T, V)
+    drawn = losses.sample_rows(rows, 50, 2.0, torch.Generator().manual_seed(1))
+    again = losses.sample_rows(rows, 50, 2.0, torch.Generator().manual_seed(1))
+    assert torch.equal(drawn.ids, again.ids) and torch.equal(drawn.counts, again.counts)
+    for r in range(T):
+        lo, hi = int(drawn.offsets[r]), int(drawn.offsets[r + 1])
+        ids = drawn.ids[lo:hi]
+        assert (ids[1:] > ids[:-1]).all()  # distinct, ascending
+        assert int(drawn.counts[lo:hi].sum()) == 50
+    p = ref_softmax(rows, 2.0)  # the temperature is applied before sampling
+    assert close(drawn.entropy, -(p * p.log()).sum(-1))
+
+
+def test_sampled_estimate_is_exact_when_the_weights_are_the_teacher():
+    """With q = p_T exactly (all ids, weights p_T) the estimate is the forward KL itself."""
+    s, te, mask = make_inputs(31)
+    p = ref_softmax(te, 1.5)
+    teacher = losses.SampledTeacher(torch.arange(V).expand(B, T, V), p, -(p * p.log()).sum(-1))
+    got, grad = loss_and_grad(losses.forward_kl, s, teacher, mask, temperature=1.5)
+    want, want_grad = loss_and_grad(
+        lambda x: ref_loss("forward_kl", x, te, mask, temperature=1.5), s
+    )
+    assert close(got, want) and close(grad, want_grad)
+
+
+@pytest.mark.slow
+def test_sampled_estimate_is_unbiased():
+    """Mean over 600 seeds of the sampled forward KL (and its gradient) -> the full values.
+
+    Tolerance: 4 standard errors of the mean (from the spread over seeds), so a bias larger than
+    about 4 % of the KL here fails (an estimator that dropped the entropy or the temperature
+    would be off by whole nats).
+    """
+    s, te, mask = make_inputs(32, v=9)
+    full, full_grad = loss_and_grad(losses.forward_kl, s, te, mask, temperature=1.3)
+    values, grads = [], []
+    for seed in range(600):
+        teacher, _ = sampled_from(te, mask, 6, 1.3, seed)
+        value, grad = loss_and_grad(losses.forward_kl, s, teacher, mask, temperature=1.3)
+        values.append(value)
+        grads.append(grad)
+    values, grads = torch.stack(values), torch.stack(grads)
+    se = values.std() / math.sqrt(len(values))
+    assert abs(values.mean() - full) < 4 * se, (float(values.mean()), float(full), float(se))
+    assert float(se) < 0.01 * float(full)  # the test has the power to see a 4 % bias
+    grad_se = grads.std(0) / math.sqrt(len(grads))
+    assert ((grads.mean(0) - full_grad).abs() <= 4 * grad_se + 1e-12).float().mean() > 0.98
+
+
+def test_sampled_teacher_refuses_divergences_that_need_the_whole_distribution():
+    s, te, mask = make_inputs(33)
+    teacher, _ = sampled_from(te, mask, 10, 1.0, 0)
+    for kind, kw in CASES:
+        if kind == "forward_kl" or (kind == "jsd" and kw["beta"] == 0.0):
+            continue
+        with pytest.raises(ValueError, match=r"teacher_source: online.*kd.cache.kind: topk"):
+            divergence(kind, s, teacher, mask, **kw)
+
+
+def test_sampled_teacher_padding_and_table():
+    _, te, mask = make_inputs(34)
+    teacher, per_example = sampled_from(te, mask, 7, 1.0, 0)
+    assert teacher.indices.shape[-1] == max(
+        int((r.offsets[1:] - r.offsets[:-1]).max()) for r in per_example if r.ids.numel()
+    )
+    torch.testing.assert_close(teacher.weights.sum(-1)[mask], torch.ones(int(mask.sum())))
+    assert (teacher.weights[~mask] == 0).all()
+    # One table: every public divergence is a row of it, with its parameter and default.
+    assert set(losses.DIVERGENCES) == set(losses.DIVERGENCE_TABLE)
+    assert [k for k, d in losses.DIVERGENCE_TABLE.items() if d.from_samples] == ["forward_kl"]
+    assert losses.DIVERGENCE_TABLE["jsd"].param == "beta"
+    assert jsd.__name__ == "jsd" and "Jensen-Shannon" in jsd.__doc__ and "num_tokens" in jsd.__doc__

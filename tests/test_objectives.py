@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill import losses
 from distill.batching import collate, encode_examples
-from distill.io import read_examples
+from distill.io import InputError, read_examples
 from distill.objectives import build_objective
 from distill.objectives.dae import route_to_expert
 
@@ -119,3 +119,97 @@ def test_ddk_resume_restores_weights_and_sampler(
         float(r[header.index("weight/add")]) for r in rows_a if r[header.index("weight/add")]
     ]
     assert len(weights) == 3  # re-weighted at steps 0, 2 and 4
+
+
+def kd_objective(ctx, **settings):
+    base = {"teacher": str(ctx["teacher"]), "teacher_source": "online"}
+    return build_objective(
+        "kd", {**base, **settings}, **{k: v for k, v in ctx.items() if k != "teacher"}
+    )
+
+
+def test_fused_loss_equals_the_logits_path(tiny_student_dir, other_tiny_dir, small_dataset):
+    """Training through the fused hidden-state loss gives the plain path's terms and gradients."""
+    ctx = {**context_for(tiny_student_dir, small_dataset), "teacher": other_tiny_dir}
+    model = ctx["student"]
+    batch = collate(ctx["train_examples"][:6], ctx["tokenizer"].pad_token_id)
+    results = []
+    for fused in (True, False):
+        kd = kd_objective(ctx, fused_loss=fused, lam=0.6, divergence="jsd", chunk_size=16)
+        assert kd.fused is fused
+        model.zero_grad()
+        terms = kd.loss(model, batch, 50.0)
+        terms["loss"].backward()
+        grads = torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.grad is not None])
+        results.append(({k: float(v) for k, v in terms.items()}, grads))
+    (fused_terms, fused_grads), (plain_terms, plain_grads) = results
+    assert fused_terms.keys() == plain_terms.keys() == {"loss", "pred", "ce"}
+    for key in plain_terms:
+        assert fused_terms[key] == pytest.approx(plain_terms[key], rel=1e-5), key
+    torch.testing.assert_close(fused_grads, plain_grads, rtol=1e-4, atol=1e-6)
+
+
+def test_settings_come_from_the_schema(tiny_student_dir, other_tiny_dir, small_dataset):
+    from distill.config import schema_defaults
+
+    ctx = {**context_for(tiny_student_dir, small_dataset), "teacher": other_tiny_dir}
+    kd = kd_objective(ctx)
+    for key, value in schema_defaults("kd").items():
+        if not isinstance(value, dict) and key != "teacher_source":
+            assert kd.settings[key] == value, key
+    with pytest.raises(InputError, match=r"unknown keys \['lamda'\]"):
+        kd_objective(ctx, lamda=0.5)
+    from distill.objectives.kd import complete_settings
+
+    dae = complete_settings({"domains": ["add"]}, "dae", "kd")
+    assert dae["alpha"] == schema_defaults("kd")["alpha"] and "expert" not in dae
+    assert dae["divergence"] == schema_defaults("dae")["divergence"]
+
+
+def test_sampled_cache_trains_forward_kl_and_refuses_reverse_kl(
+    tiny_student_dir, other_tiny_dir, small_dataset, tmp_path
+):
+    from distill.teacher_cache import build_cache
+
+    cache = tmp_path / "cache"
+    build_cache(other_tiny_dir, small_dataset[0], cache, kind="sampled", k=1, samples=20, seed=0,
+                temperature=1.0, max_len=48, batch_size=8, shard_examples=8,
+                precision="fp32")  # fmt: skip
+    ctx = {**context_for(tiny_student_dir, small_dataset), "teacher": other_tiny_dir}
+    kd = kd_objective(ctx, teacher_source="cache", cache=str(cache))
+    batch = collate(ctx["train_examples"][:6], ctx["tokenizer"].pad_token_id)
+    with torch.no_grad():
+        teacher = AutoModelForCausalLM.from_pretrained(other_tiny_dir)(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        logits = ctx["student"](
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+    full = losses.forward_kl(logits, teacher, batch["target_mask"], scale_by_t2=True)
+    estimate = kd.loss(ctx["student"], batch, None)["pred"]
+    assert float(estimate) == pytest.approx(float(full), rel=0.2)  # 20 draws, ~60 tokens
+    with pytest.raises(
+        InputError, match=r"sampled teacher cache.*`reverse_kl`.*teacher_source: online"
+    ):
+        kd_objective(ctx, teacher_source="cache", cache=str(cache), divergence="reverse_kl")
+
+
+def _sync_worker(rank: int, path: str) -> None:
+    import torch.distributed as dist
+
+    from distill.objectives.kd import KD
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    projection = torch.nn.Linear(2, 2)
+    for p in projection.parameters():
+        p.grad = torch.full_like(p, float(rank + 1))  # rank 0: 1, rank 1: 2
+    fake = type("Fake", (), {"parameters": lambda self: list(projection.parameters())})()
+    KD.sync_gradients(fake, type("Acc", (), {"num_processes": 2})())
+    for p in projection.parameters():
+        assert torch.equal(p.grad, torch.full_like(p, 1.5)), p.grad
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_projection_gradients_are_averaged_over_processes(tmp_path):
+    torch.multiprocessing.spawn(_sync_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2)

@@ -9,7 +9,9 @@ What these tests prove, each with a tiny Snakefile written into a temporary dire
 * ``test_timed_out_job_is_retried_with_more_time``: a job SLURM kills at its time limit
   is retried (``retries: 2`` in the profile) with the larger ``runtime`` its rule asks for
   on attempt 2, and then succeeds;
-* ``test_workflow_under_slurm``: the real workflow (``configs/ci.yaml``) under SLURM.
+* ``test_workflow_under_slurm``: the real workflow (``--configfile config.yaml
+  configs/ci.yaml``) under SLURM, to every figure and the report: the one run of the CI
+  config in the suite.
 
 The cluster (``tests/slurm_cluster.py``) is started once per session and needs root plus
 the Debian packages from ``scripts/install-debian-packages.sh``. Without them the tests
@@ -40,12 +42,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
@@ -257,12 +260,12 @@ def timeout_run(cluster, tmp_path_factory):
             proc.wait()
 
 
-WORKFLOW_TARGET = "results/figures/sft_loss.png"
+CI_CONFIGS = ("config.yaml", "configs/ci.yaml")
 
 
 @pytest.fixture(scope="module")
 def workflow_run(cluster, tmp_path_factory):
-    """Start the real workflow (configs/ci.yaml) under SLURM in the background.
+    """Start the real workflow (CI's config, every figure) under SLURM in the background.
 
     The workflow is copied into a temporary directory and run there, so results land in the
     copy (not in the repository's results/) and nothing is skipped as already up to date.
@@ -280,9 +283,8 @@ def workflow_run(cluster, tmp_path_factory):
     with open(log, "w") as out:
         proc = subprocess.Popen(
             snakemake_cmd(
-                workdir, "--snakefile", str(workdir / "Snakefile"), "--configfile",
-                str(workdir / "configs" / "ci.yaml"), "--max-threads", "1",
-                *FAST_STATUS_CHECKS, WORKFLOW_TARGET, timeout_s=900,
+                workdir, "--snakefile", str(workdir / "Snakefile"), "--max-threads", "1",
+                *FAST_STATUS_CHECKS, "--configfile", *CI_CONFIGS, timeout_s=1500,
             ),
             cwd=workdir, env=job_env(cluster), stdout=out, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -387,11 +389,30 @@ def test_failing_job_fails_the_run(cluster, tmp_path):
 
 
 def test_workflow_under_slurm(cluster, workflow_run):
-    """The real workflow's CI configuration, run through the SLURM profile (started early)."""
-    output = workflow_run.wait(timeout=900)
+    """The real workflow's CI configuration, run through the SLURM profile (started early), to
+    every figure and the report; then a rerun has nothing to do."""
+    output = workflow_run.wait(timeout=1500)
     assert workflow_run.proc.returncode == 0, explain(output, cluster)
-    assert (workflow_run.workdir / WORKFLOW_TARGET).stat().st_size > 0
+    repo = workflow_run.workdir
     assert submissions(output), "no job went through SLURM"
+    figures = {p.name for p in (repo / "results/figures").glob("*.png")}
+    expected = {"sft_loss", "training_curves", "ddk_weights", "ddk_domain_ppl", "lambda_sweep",
+                "radar", "evaluation"}  # fmt: skip
+    assert {f"{name}.png" for name in expected} <= figures, figures
+    for name in figures:
+        assert (repo / "results/figures" / name).with_suffix(".pdf").exists()
+    for model in ("student_sft", "student_kd", "student_kd_dae", "student_ddk_ddk"):
+        log = (repo / "results/models" / model / "seed0/train_log.csv").read_text()
+        assert log.startswith("step,tokens,flops,wall_s,lr,loss")
+    assert not list((repo / "results/checkpoints").rglob("checkpoint.pt"))
+    local = [_snakemake_exe(), "--directory", str(repo), "--configfile", *CI_CONFIGS]
+    report = subprocess.run([*local, "--report", "results/report.zip"], cwd=repo,
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert report.returncode == 0, report.stderr[-3000:]
+    with zipfile.ZipFile(repo / "results/report.zip") as z:
+        assert any(n.endswith("lambda_sweep.png") for n in z.namelist())
+    again = subprocess.run([*local, "-n"], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_timed_out_job_is_retried_with_more_time(cluster, timeout_run):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 
 import pytest
@@ -15,7 +14,7 @@ from transformers import AutoTokenizer
 
 from distill.batching import collate, encode_examples
 from distill.io import InputError, read_examples
-from distill.losses import forward_kl, topk_teacher
+from distill.losses import SampledTeacher, forward_kl, topk_teacher
 from distill.teacher_cache import (
     KILL_ENV,
     MANIFEST,
@@ -28,6 +27,8 @@ from distill.teacher_cache import (
 from distill.teachers import LocalTeacher
 
 SETTINGS = dict(k=8, temperature=1.0, max_len=64, batch_size=4, shard_examples=4)
+TOPK = dict(kind="topk", samples=1, seed=0)
+SAMPLED = dict(kind="sampled", samples=40, seed=3)
 LONG_QUESTION = "Describe, in detail, " + "the history of bread and its many variants, " * 8
 
 
@@ -44,10 +45,10 @@ def data(tmp_path_factory):
     return folder / "train.jsonl", folder / "heldout.jsonl"
 
 
-def build(teacher_dir, tiny_student_dir, data, out):
+def build(teacher_dir, tiny_student_dir, data, out, kind=TOPK, **overrides):
     train, heldout = data
     return build_cache(
-        teacher_dir, train, out, **SETTINGS, precision="fp32",
+        teacher_dir, train, out, **{**SETTINGS, **kind, **overrides}, precision="fp32",
         student_dir=tiny_student_dir, heldout_jsonl=heldout, error_examples=2,
     )  # fmt: skip
 
@@ -138,13 +139,14 @@ def test_k_equal_to_vocab_is_the_full_distribution():
     )
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_recomputes_only_the_rest(
     teacher_dir, tiny_student_dir, data, cache, tmp_path, caplog
 ):
     out = tmp_path / "teacher"
     train, heldout = data
     args = [
-        "--teacher", teacher_dir, "--data", train, "--k", 8, "--temperature", 1.0,
+        "--teacher", teacher_dir, "--data", train, "--kind", "topk", "--k", 8, "--temperature", 1.0,
         "--max-len", 64, "--batch-size", 4, "--shard-examples", 4, "--precision", "fp32",
         "--student", tiny_student_dir, "--heldout", heldout, "--error-examples", 2, "--out", out,
     ]  # fmt: skip
@@ -164,6 +166,7 @@ def test_resume_after_sigkill_recomputes_only_the_rest(
     assert file_bytes(out) == file_bytes(cache[0])  # as if never interrupted
 
 
+@pytest.mark.slow
 def test_missing_shard_is_named_and_rebuilt(
     teacher_dir, tiny_student_dir, data, cache, tmp_path, caplog
 ):
@@ -191,15 +194,18 @@ def test_damaged_shard_is_named_on_read(teacher_dir, data, cache, tmp_path, dama
     else:
         blob[-3] ^= 0x01  # inside the tensor data: the file still parses
     shard.write_bytes(bytes(blob))
-    expected = rf"{shard}: sha256 mismatch \(truncated or altered\)\. Fix: delete it and rerun"
-
+    expected = (
+        rf"{shard}: sha256 mismatch \(truncated or altered\)\. {out / MANIFEST} has been removed"
+        r".*Fix: run the same snakemake command again.*keeps the other 2 shards"
+    )
     _, batch = encoded_batch(teacher_dir, data[0])
     reader = TeacherCache(out)
     reader.batch(batch["index"][:4], batch["target_mask"][:4])  # shard 0 is intact
     with pytest.raises(InputError, match=expected):
         reader.batch(batch["index"][-2:], batch["target_mask"][-2:])
-    with pytest.raises(InputError, match=expected):
-        TeacherCache(out).verify_all()
+    assert not (out / MANIFEST).exists()  # the cache rule reruns on the next snakemake call
+    with pytest.raises(InputError, match="manifest.json: missing"):
+        TeacherCache(out)
 
 
 def test_mismatches_are_refused(teacher_dir, data, cache):
@@ -225,14 +231,87 @@ def test_mismatches_are_refused(teacher_dir, data, cache):
         TeacherCache(out / "nowhere")
 
 
-def test_manifest_records_size_and_topk_error(cache):
+def test_manifest_records_size_and_quality(cache):
     out, manifest = cache
     assert json.loads((out / MANIFEST).read_text()) == manifest
     assert manifest["contract"].startswith("row j holds the teacher's prediction of token j+1")
+    assert manifest["kind"] == "topk" and "samples" not in manifest
     assert manifest["k"] == 8 and manifest["dtype"]["logprobs"] == "float16"
     assert [s["examples"] for s in manifest["shards"]] == [4, 4, 3]
     assert manifest["teacher"]["parameters"] > 1e8
     assert manifest["bytes_per_token"] < manifest["full_fp16_logits_bytes_per_token"]
-    error = manifest["topk_error"]
-    assert math.isfinite(error["mean_relative_error"]) and 0 <= error["mean_relative_error"] < 1
-    assert 0 < error["kl_topk_mean"] <= error["kl_full_mean"]
+    quality = manifest["quality"]
+    # merging tokens into one bucket can only lower the KL: top-k sits below the full KL
+    assert 0 < quality["kl_mean"] <= quality["kl_full_mean"]
+    assert quality["kl_relative_error"] == pytest.approx(
+        (quality["kl_full_mean"] - quality["kl_mean"]) / quality["kl_full_mean"]
+    )
+    assert 0.5 < quality["grad_cosine"] <= 1 + 1e-9
+    assert "topk_same_bytes" not in quality
+
+
+# ----------------------------------------------------------------------------------------------
+# The sampled cache
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sampled(teacher_dir, tiny_student_dir, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sampled") / "teacher"
+    return out, build(teacher_dir, tiny_student_dir, data, out, kind=SAMPLED)
+
+
+@pytest.mark.slow
+def test_sampled_cache_round_trip_and_manifest(teacher_dir, data, sampled):
+    out, manifest = sampled
+    assert manifest["kind"] == "sampled" and manifest["samples"] == 40 and "k" not in manifest
+    histogram = manifest["distinct_ids_per_row"]["histogram"]
+    assert sum(histogram.values()) == manifest["target_tokens"]
+    assert 1 <= manifest["distinct_ids_per_row"]["mean"] <= 40
+    # bytes/token = 5 per distinct id + 8 per row + per-example/shard overhead
+    assert manifest["bytes_per_token"] >= 5 * manifest["distinct_ids_per_row"]["mean"] + 8
+    quality = manifest["quality"]
+    assert quality["topk_same_bytes"]["k"] == (manifest["bytes_per_token"] - 4) // 6
+    assert 0 <= quality["kl_relative_error"] < 1 and quality["grad_cosine"] > 0.5
+
+    tokenizer, batch = encoded_batch(teacher_dir, data[0], positions=[0, 4, 8, 10])
+    mask = batch["target_mask"]
+    cached = TeacherCache(out, expect_tokenizer=tokenizer, expect_temperature=1.0).batch(
+        batch["index"], mask
+    )
+    assert isinstance(cached, SampledTeacher)
+    torch.testing.assert_close(cached.weights.sum(-1)[mask], torch.ones(int(mask.sum())))
+    assert (cached.weights[~mask] == 0).all()
+    logits = LocalTeacher(str(teacher_dir), "cpu").distribution(batch).float()
+    log_p = torch.log_softmax(logits, -1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    torch.testing.assert_close(cached.entropy[mask], entropy[mask], atol=1e-4, rtol=1e-4)
+    # Every sampled id has real teacher probability; on average the draws sit where p_T does.
+    drawn_logp = log_p.gather(-1, cached.indices)[mask][cached.weights[mask] > 0]
+    assert drawn_logp.min() > -25
+    estimate = -(cached.weights * log_p.gather(-1, cached.indices)).sum(-1)[mask].mean()
+    assert float(estimate) == pytest.approx(float(entropy[mask].mean()), rel=0.15)
+
+
+@pytest.mark.slow
+def test_sampled_cache_same_seed_same_bytes(teacher_dir, tiny_student_dir, data, sampled, tmp_path):
+    again = tmp_path / "again"
+    build(teacher_dir, None, (data[0], None), again, kind=SAMPLED)
+    shards = sorted(p.name for p in sampled[0].glob("shard-*"))
+    assert [(again / n).read_bytes() for n in shards] == [
+        (sampled[0] / n).read_bytes() for n in shards
+    ]  # the same seed: the same cache
+    other = tmp_path / "other"
+    build(teacher_dir, None, (data[0], None), other, kind={**SAMPLED, "seed": 4})
+    assert (other / shards[0]).read_bytes() != (sampled[0] / shards[0]).read_bytes()
+
+
+def test_cache_of_another_vocabulary_or_old_manifest(cache, tmp_path):
+    out = tmp_path / "teacher"
+    shutil.copytree(cache[0], out)
+    with pytest.raises(InputError, match=r"`teacher.vocab_size` is 49152 .* expects 32000"):
+        TeacherCache(out, expect_vocab=32000)
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["kind"]  # as written before sampled caches existed
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    assert TeacherCache(out).kind == "topk"

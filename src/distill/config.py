@@ -4,11 +4,18 @@ We validate with jsonschema ourselves rather than with `snakemake.utils.validate
 error prints the whole schema; ours names the key (`train.lr`), the problem and the fix in one
 paragraph, and suggests the closest known key for a typo.
 
-    python -m distill.config config.yaml [configs/ci.yaml ...]   # check files, print the result
+    python -m distill.config                                          # the embedded default
+    python -m distill.config --configfile configs/paper.yaml          # a whole config
+    python -m distill.config --configfile config.yaml configs/ci.yaml # an overlay on its base
+
+prints the effective config exactly as the Snakefile sees it: config.yaml only when no
+--configfile is given (a config file is whole), the files merged in order as Snakemake merges
+them, validated, every default filled.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 import sys
@@ -18,7 +25,8 @@ import yaml
 
 from distill.io import InputError
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+REPO = Path(__file__).resolve().parents[2]
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def _fill_defaults(validator_class):
@@ -79,16 +87,44 @@ def validate_config(config: dict, source: str = "config", schema_path: Path = SC
     return config
 
 
-def main() -> None:
+def schema_defaults(section: str = "") -> dict:
+    """The schema's defaults of a config section, by dotted path (`kd`, `kd.cache`, `train`):
+    the one home of every default, for modules run directly (benchmarks, tests)."""
+    values = validate_config({}, "schema defaults")
+    for key in filter(None, section.split(".")):
+        values = values[key]
+    return values
+
+
+def with_defaults(section: str, settings: dict) -> dict:
+    """`settings` with the keys it lacks filled from the schema's defaults of `section`."""
+    return {**schema_defaults(section), **settings}
+
+
+def effective_config(configfiles: list[str]) -> dict:
+    """The config the Snakefile sees for `--configfile configfiles` (none: config.yaml)."""
     config: dict = {}
-    for path in sys.argv[1:]:
+    for path in configfiles or [str(REPO / "config.yaml")]:
         _deep_update(config, yaml.safe_load(Path(path).read_text()) or {})
+    return validate_config(config, " + ".join(configfiles or ["config.yaml"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Without --configfile: config.yaml, as `snakemake` alone reads it.",
+    )
+    parser.add_argument(
+        "--configfile", nargs="+", default=[], metavar="FILE",
+        help="config files in the order given to snakemake --configfile",
+    )  # fmt: skip
+    args = parser.parse_args()
     try:
-        validate_config(config, " + ".join(sys.argv[1:]))
+        config = effective_config(args.configfile)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(yaml.safe_dump(config, sort_keys=False))
+    print(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
 def _deep_update(base: dict, new: dict) -> dict:

@@ -26,9 +26,10 @@ Equations:
   The ``(1 − α)/N`` term keeps every domain's weight at least ``(1 − α)/N``; the product with
   ``r_t`` carries memory of the previous intervals, so the mixture changes smoothly.
 
-The three schemes compared in the paper's ablation are available through :func:`next_weights`:
-``"ddk"`` (Eq. 2), ``"no_smoothing"`` (Eq. 1 recomputed from scratch at each update) and
-``"equal"`` (uniform weights, never updated).
+The schemes compared in the paper's ablation are :data:`MODES` (:func:`interval_weights`):
+``"ddk"`` (Eq. 1, then Eq. 2), ``"no_smoothing"`` (Eq. 1 recomputed from scratch at each update),
+``"equal"`` (uniform weights, never updated) and ``"natural"`` (no domain draws at all: the
+data's own mixture, plain KD with the same loss).
 
 :class:`DomainSampler` turns the weights into a stream of example indices and can be
 checkpointed as plain JSON so that a resumed run draws exactly the same sequence.
@@ -53,22 +54,18 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
-    "DEFAULT_ALPHA",
     "MODES",
     "WEIGHT_SUM_ATOL",
     "DomainSampler",
     "domain_ratios",
     "initial_domain_weights",
-    "next_weights",
+    "interval_weights",
     "uniform_domain_weights",
     "update_domain_weights",
 ]
 
-DEFAULT_ALPHA = 0.5
-"""The smoothing coefficient α used in the paper."""
-
-MODES = ("ddk", "no_smoothing", "equal")
-"""Valid ``mode`` values of :func:`next_weights`."""
+MODES = ("ddk", "no_smoothing", "equal", "natural")
+"""The sampling schemes (config ``ddk.modes``), see :func:`interval_weights`."""
 
 WEIGHT_SUM_ATOL = 1e-6
 """Absolute tolerance on ``|Σ weights − 1|`` when validating a weight vector."""
@@ -200,7 +197,7 @@ def update_domain_weights(
     weights: ArrayLike,
     student_ppl: ArrayLike,
     teacher_ppl: ArrayLike,
-    alpha: float = DEFAULT_ALPHA,
+    alpha: float,
 ) -> np.ndarray:
     """Factor smooth updating, Eq. 2: the weights for the next interval of K steps.
 
@@ -241,30 +238,28 @@ def update_domain_weights(
     return a * normalised_psi + (1.0 - a) / n
 
 
-def next_weights(
+def interval_weights(
     mode: str,
     weights: ArrayLike,
-    student_ppl: ArrayLike | None,
-    teacher_ppl: ArrayLike | None,
-    alpha: float = DEFAULT_ALPHA,
+    student_ppl: ArrayLike,
+    teacher_ppl: ArrayLike,
+    alpha: float,
+    first: bool,
 ) -> np.ndarray:
-    """Weights for the next interval under one of the paper's three sampling schemes.
+    """The weights of the next interval of K steps under one of :data:`MODES`.
 
-    * ``"ddk"``: factor smooth updating, Eq. 2 (:func:`update_domain_weights`).
-    * ``"no_smoothing"``: Eq. 1 recomputed from the current perplexities alone
-      (:func:`initial_domain_weights`); ``weights`` only fixes N and ``alpha`` is unused.
-    * ``"equal"``: uniform ``1/N`` whatever the perplexities; the perplexities may be ``None``
-      (no evaluation needed) and are validated only if given.
-
-    ``weights`` and ``alpha`` are validated in every mode, so a bad configuration fails the same
-    way whichever scheme is selected.
+    * ``"ddk"``: Eq. 1 at the first interval (``first``), factor smooth updating (Eq. 2,
+      :func:`update_domain_weights`) from the current ``weights`` after.
+    * ``"no_smoothing"``: Eq. 1 from the current perplexities at every interval.
+    * ``"equal"`` and ``"natural"``: uniform ``1/N`` (``natural`` draws no domains: its weights
+      are only logged).
 
     Args:
         mode: one of :data:`MODES`.
-        weights: shape ``(N,)``, current weights (a distribution).
-        student_ppl: shape ``(N,)`` or ``None`` (``"equal"`` only).
-        teacher_ppl: shape ``(N,)`` or ``None`` (``"equal"`` only).
-        alpha: smoothing coefficient in ``[0, 1]`` (used by ``"ddk"``).
+        weights: shape ``(N,)``, the current weights (a distribution).
+        student_ppl, teacher_ppl: shape ``(N,)``, perplexities at the start of the interval.
+        alpha: smoothing coefficient in ``[0, 1]`` (used by ``"ddk"`` after the first interval).
+        first: whether this is the first interval (step 0).
 
     Returns:
         shape ``(N,)`` float64 distribution.
@@ -275,21 +270,14 @@ def next_weights(
     if mode not in MODES:
         raise ValueError(f"unknown DDK mode {mode!r}; valid modes are {', '.join(MODES)}")
     r = _distribution(weights, "weights")
-    a = _check_alpha(alpha)
-    if mode == "equal":
-        if student_ppl is not None or teacher_ppl is not None:
-            if student_ppl is None or teacher_ppl is None:
-                raise ValueError("give both student_ppl and teacher_ppl, or neither")
-            ratios = domain_ratios(student_ppl, teacher_ppl)
-            _check_same_length(weights=r, student_ppl=ratios)
+    _check_alpha(alpha)
+    ratios = domain_ratios(student_ppl, teacher_ppl)
+    _check_same_length(weights=r, student_ppl=ratios)
+    if mode in ("equal", "natural"):
         return uniform_domain_weights(r.shape[0])
-    if student_ppl is None or teacher_ppl is None:
-        raise ValueError(f"mode {mode!r} needs student_ppl and teacher_ppl, got None")
-    if mode == "no_smoothing":
-        ratios = domain_ratios(student_ppl, teacher_ppl)
-        _check_same_length(weights=r, student_ppl=ratios)
+    if mode == "no_smoothing" or first:
         return _softmax(ratios)
-    return update_domain_weights(weights, student_ppl, teacher_ppl, a)
+    return update_domain_weights(weights, student_ppl, teacher_ppl, alpha)
 
 
 # --------------------------------------------------------------------------------------------
@@ -461,16 +449,6 @@ class DomainSampler:
                     f"state's examples for domain {name!r} differ from this sampler's examples"
                 )
         self._apply_state(parsed)
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> DomainSampler:
-        """Build a sampler directly from a :meth:`state_dict` (no need for the domain lists)."""
-        parsed = cls._parse_state(state)
-        sampler = cls(
-            {name: parsed["orders"][name] for name in parsed["domains"]}, seed=parsed["seed"]
-        )
-        sampler._apply_state(parsed)
-        return sampler
 
     # -- internals -----------------------------------------------------------------------------
 

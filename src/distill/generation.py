@@ -6,7 +6,8 @@ import torch
 
 
 def pick_dtype(precision: str = "bf16") -> torch.dtype:
-    """bf16 on a GPU that supports it and on the CPU (FACTS.md: faster there), else fp32."""
+    """bf16 on a GPU that supports it and on the CPU (faster there: docs/environment.md), else
+    fp32."""
     if precision != "bf16":
         return torch.float32
     if torch.cuda.is_available():
@@ -28,6 +29,27 @@ def load_for_generation(model_dir: str, precision: str = "bf16"):
     return model, tokenizer
 
 
+def chat_prompt(tokenizer, messages: list[dict]) -> str:
+    """The chat template applied to `messages` with the generation prompt, as text.
+
+    Templates without a system role (Mistral-Instruct's, Mixtral's) refuse a system message;
+    then it goes in front of the first user message, as FastChat does for those models.
+    """
+    if messages and messages[0]["role"] == "system" and not _has_system_role(tokenizer):
+        system, first, *rest = messages
+        messages = [{**first, "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _has_system_role(tokenizer) -> bool:
+    probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+    try:
+        tokenizer.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    except Exception:  # jinja2's TemplateError from the template's raise_exception
+        return False
+    return True
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -43,10 +65,7 @@ def generate(
     Conversations are sorted by prompt length into batches (less padding) and returned in the
     order given. Sampling is seeded per batch, so a rerun gives the same text.
     """
-    prompts = [
-        tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
-        for c in conversations
-    ]
+    prompts = [chat_prompt(tokenizer, c) for c in conversations]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch_size):

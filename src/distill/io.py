@@ -1,4 +1,4 @@
-"""File helpers shared by every job: atomic writes, validated jsonl, logging setup.
+"""Helpers shared by every job: atomic writes, validated jsonl, logging setup, the pad id.
 
 Every output of the workflow is written through `atomic_path` (write to a temporary file in the
 same folder, fsync, rename) so that a killed job never leaves a half-written file that a rerun
@@ -88,20 +88,36 @@ ROLES = ("system", "user", "assistant")
 def check_example(row: Any, require_response: bool = True) -> str | None:
     """Return what is wrong with one dataset row, or None if it follows the contract.
 
-    Contract (DESIGN.md): {"id": str, "domain": str, "messages": [{"role", "content"}, ...]}
-    with at least one user turn and, when `require_response`, a final assistant turn (the
-    training target); "answer" optional.
+    Contract (DESIGN.md), two kinds of row:
+      - chat: {"id": str, "domain": str, "messages": [{"role", "content"}, ...]} with at least one
+        user turn and, when `require_response`, a final assistant turn (the training target);
+        "answer" optional;
+      - plain text (pretraining data): {"id": str, "domain": str, "text": str}, every token a
+        target (distill.batching says how each kind is masked).
     """
     if not isinstance(row, dict):
         return f"expected a JSON object, got {type(row).__name__}"
-    for key in ("id", "domain", "messages"):
+    for key in ("id", "domain"):
         if key not in row:
             return f'missing key "{key}"'
     if not isinstance(row["id"], str | int):
         return '"id" must be a string'
     if not isinstance(row["domain"], str) or not row["domain"]:
         return '"domain" must be a non-empty string'
-    messages = row["messages"]
+    if "messages" in row and "text" in row:
+        return 'both "messages" and "text": a row is either a chat row or a plain-text row'
+    if "text" in row:
+        return (
+            None
+            if isinstance(row["text"], str) and row["text"]
+            else '"text" must be a non-empty string'
+        )
+    if "messages" not in row:
+        return 'missing key "messages" (a chat row) or "text" (a plain-text row)'
+    return _check_messages(row["messages"], require_response)
+
+
+def _check_messages(messages: Any, require_response: bool) -> str | None:
     if not isinstance(messages, list) or not messages:
         return '"messages" must be a non-empty list'
     for i, m in enumerate(messages):
@@ -152,12 +168,25 @@ def read_examples(path: str | os.PathLike, require_response: bool = True) -> lis
         if problem:
             raise InputError(
                 f"{path}:{lineno}: {problem}. Fix this row or remove it; each row must be "
-                '{"id": ..., "domain": ..., "messages": [..., {"role": "assistant", ...}]}.'
+                '{"id": ..., "domain": ..., "messages": [..., {"role": "assistant", ...}]} '
+                '(a chat row) or {"id": ..., "domain": ..., "text": ...} (a plain-text row).'
             )
         rows.append(row)
     if not rows:
         raise InputError(f"{path}: no rows. Fix: the file must hold at least one example.")
     return rows
+
+
+def pad_id(tokenizer) -> int:
+    """The id that pads batches: the tokenizer's pad token, else its EOS, else 0.
+
+    Padded positions are masked out of attention and of every loss, so any id in the vocabulary
+    works; the pad token is preferred so that padded batches read naturally when decoded.
+    """
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
 
 
 def setup_logging() -> logging.Logger:

@@ -38,6 +38,17 @@ Conventions used by every function
   ``num_tokens=None`` means ``mask.sum()`` of this call (a plain mean).
 * All divergences are *true* divergences: 0 when the student equals the teacher (never the
   soft cross-entropy, whose minimum is the teacher's entropy).
+* Divergences live in ONE table, `DIVERGENCE_TABLE` (per-row function, its beta/alpha
+  parameter, whether a sampled teacher supports it); the public functions (`forward_kl`, `jsd`,
+  ...) are generated from it and share one argument list.
+* Sparse teachers and their bias. A `TopKTeacher` (top-k cache) is compared on k + 1 buckets:
+  merging the tail into one bucket can only lower a divergence, so every top-k estimate is
+  biased low (on the embedded default, held-out forward KL of the initial student: -5 % at
+  k = 32, -10 % at k = 13; see the cache manifest's `quality`), and its gradient ignores the
+  tail's shape. A `SampledTeacher` (sampled cache, Random-Sampling KD) gives an unbiased
+  estimate of the forward KL and its gradient (tests/test_losses.py checks the mean over seeds
+  against the full KL); divergences that are not linear in ``p_T`` (reverse KL, JSD, skew KLs,
+  TVD) have no unbiased estimate from a sample and are refused (`SAMPLED_REFUSAL`).
 * Memory: the full ``(B*T, V)`` fp32 probability tensors of a large vocabulary do not fit next to
   a model, so the masked rows are selected first (in the model's dtype) and processed
   ``chunk_size`` rows at a time, upcasting only one chunk to fp32. Each chunk runs under
@@ -62,6 +73,9 @@ __all__ = [
     "DEFAULT_ATTENTION_CHUNK_SIZE",
     "DEFAULT_CHUNK_SIZE",
     "DIVERGENCES",
+    "DIVERGENCE_TABLE",
+    "SampledRows",
+    "SampledTeacher",
     "TopKTeacher",
     "attention_kl",
     "cross_entropy",
@@ -70,6 +84,8 @@ __all__ = [
     "hidden_state_loss",
     "jsd",
     "reverse_kl",
+    "sample_rows",
+    "sampled_teacher",
     "skew_forward_kl",
     "skew_reverse_kl",
     "topk_teacher",
@@ -192,6 +208,134 @@ def topk_teacher(
         torch.cat(idxs).reshape(B, T, k),
         torch.cat(lefts).reshape(B, T),
     )
+
+
+@dataclass(frozen=True, eq=False)
+class SampledTeacher:
+    """A teacher distribution stored as N tokens sampled from it, with the teacher's entropy.
+
+    Random-Sampling KD (arXiv 2503.16870): per row, N tokens are drawn from ``p_T`` (at the
+    cache's temperature) with replacement; the distinct ids and their counts ``c`` are kept.
+    The empirical distribution ``q = c / N`` is an unbiased estimate of ``p_T``, so
+
+        KL(p_T || p_S) = -H(p_T) - E_{p_T}[log p_S]  is estimated by  -H(p_T) - sum_j q_j log p_S(j)
+
+    without bias in value and in gradient (``p_S - q`` estimates ``p_S - p_T``). Only
+    divergences that are linear in ``p_T`` given the student can be estimated this way: forward
+    KL (and the soft cross-entropy, which differs from it by the constant ``H(p_T)``).
+
+    Attributes:
+        indices: ``(B, T, m)`` int64 distinct sampled ids per row; padding slots hold id 0.
+        weights: ``(B, T, m)`` float, ``count / N`` per id; 0 in padding slots (rows sum to 1).
+        entropy: ``(B, T)`` float, ``H(p_T)`` in nats at the cache's temperature.
+    """
+
+    indices: Tensor
+    weights: Tensor
+    entropy: Tensor
+
+    def __post_init__(self) -> None:
+        if self.indices.shape != self.weights.shape or self.indices.dim() < 1:
+            raise ValueError(
+                f"SampledTeacher: indices {tuple(self.indices.shape)} and weights "
+                f"{tuple(self.weights.shape)} must have the same shape (B, T, m)"
+            )
+        if self.entropy.shape != self.indices.shape[:-1]:
+            raise ValueError(
+                f"SampledTeacher: entropy {tuple(self.entropy.shape)} must have shape "
+                f"{tuple(self.indices.shape[:-1])}"
+            )
+
+    @property
+    def k(self) -> int:
+        """Slots per row (the most distinct ids of any row in this batch)."""
+        return self.indices.shape[-1]
+
+    def to(self, device: torch.device | str) -> SampledTeacher:
+        return SampledTeacher(
+            self.indices.to(device), self.weights.to(device), self.entropy.to(device)
+        )
+
+
+@dataclass(frozen=True)
+class SampledRows:
+    """Sampled teacher rows in the ragged layout of the cache (no padding).
+
+    Row ``r`` owns ``ids[offsets[r]:offsets[r + 1]]`` (ascending, distinct) and their counts.
+    ``ids`` ``(M,)`` int64, ``counts`` ``(M,)`` int64, ``offsets`` ``(n + 1,)`` int64,
+    ``entropy`` ``(n,)`` float32/64, ``samples`` the N every row was drawn with.
+    """
+
+    ids: Tensor
+    counts: Tensor
+    offsets: Tensor
+    entropy: Tensor
+    samples: int
+
+
+def sample_rows(
+    logits: Tensor, samples: int, temperature: float, generator: torch.Generator
+) -> SampledRows:
+    """Draw `samples` tokens with replacement from each row of ``softmax(logits / temperature)``.
+
+    Args:
+        logits: ``(n, V)`` teacher logits of the rows to store.
+        samples: N >= 1 draws per row.
+        temperature: applied before sampling, so the cache holds the tempered distribution.
+        generator: a CPU generator; the draws happen on the CPU so that one seed gives the same
+            cache on every device (torch's CUDA and CPU samplers differ).
+
+    Returns:
+        `SampledRows` of the n rows; entropy in float64 for float64 logits, else float32.
+    """
+    if logits.dim() != 2:
+        raise ValueError(f"sample_rows: logits must be (n, V), got {tuple(logits.shape)}")
+    if samples < 1:
+        raise ValueError(f"sample_rows: samples must be >= 1, got {samples}")
+    _check_temperature(temperature)
+    n, vocab = logits.shape
+    with torch.no_grad():
+        log_p = torch.log_softmax(logits.to(_compute_dtype(logits.dtype)).cpu() / temperature, -1)
+        entropy = -(log_p.exp() * log_p.clamp_min(_LOG_ZERO)).sum(-1)
+        if n == 0:
+            empty = torch.empty(0, dtype=torch.int64)
+            return SampledRows(empty, empty, torch.zeros(1, dtype=torch.int64), entropy, samples)
+        drawn = torch.multinomial(log_p.exp(), samples, replacement=True, generator=generator)
+        # One key per (row, id): unique() sorts by row, then id, and counts the repeats.
+        row = torch.arange(n).unsqueeze(-1)
+        keys, counts = torch.unique((row * vocab + drawn).reshape(-1), return_counts=True)
+        per_row = torch.bincount(keys // vocab, minlength=n)
+    offsets = torch.cat([per_row.new_zeros(1), per_row.cumsum(0)])
+    return SampledRows(keys % vocab, counts, offsets, entropy, samples)
+
+
+def sampled_teacher(rows_per_example: Sequence[SampledRows], target_mask: Tensor) -> SampledTeacher:
+    """Scatter each example's ragged sampled rows to its target positions: a (B, T, m) teacher.
+
+    Args:
+        rows_per_example: for each of the B examples the `SampledRows` of its target rows, with
+            n_b = target_mask[b].sum() rows.
+        target_mask: ``(B, T)`` bool.
+
+    Returns:
+        `SampledTeacher` on the CPU with m = the most distinct ids of any row; non-target rows
+        and padding slots hold weight 0 (every loss masks the non-target rows out).
+    """
+    target_mask = target_mask.bool().cpu()
+    B, T = target_mask.shape
+    lengths = [r.offsets[1:] - r.offsets[:-1] for r in rows_per_example]
+    m = max([int(x.max()) for x in lengths if x.numel()] + [1])
+    indices = torch.zeros((B, T, m), dtype=torch.int64)
+    weights = torch.zeros((B, T, m), dtype=torch.float32)
+    entropy = torch.zeros((B, T), dtype=torch.float32)
+    for b, rows in enumerate(rows_per_example):
+        positions = target_mask[b].nonzero().squeeze(-1)
+        row_of_slot = torch.repeat_interleave(torch.arange(len(positions)), lengths[b])
+        slot = torch.arange(rows.ids.numel()) - rows.offsets[row_of_slot]
+        indices[b, positions[row_of_slot], slot] = rows.ids.long()
+        weights[b, positions[row_of_slot], slot] = rows.counts.float() / rows.samples
+        entropy[b, positions] = rows.entropy.float()
+    return SampledTeacher(indices, weights, entropy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,10 +524,79 @@ def _topk_chunk(
     return rows_fn(log_s, log_t).sum()
 
 
+def _sampled_chunk(
+    temperature: float,
+    dtype: torch.dtype,
+    s: Tensor,
+    t_indices: Tensor,
+    t_weights: Tensor,
+    t_entropy: Tensor,
+) -> Tensor:
+    """Sum over one chunk of the sampled forward-KL estimate ``-H - sum_j q_j log p_S(j)``.
+
+    s ``(n, V)`` student logits; t_indices, t_weights ``(n, m)``; t_entropy ``(n,)``.
+    """
+    s = s.to(dtype)
+    if temperature != 1.0:
+        s = s / temperature  # the cache was sampled from the tempered teacher
+    log_s = s.gather(-1, t_indices.long()) - torch.logsumexp(s, -1, keepdim=True)
+    cross = -(t_weights.to(dtype) * log_s.clamp_min(_LOG_ZERO)).sum(-1)
+    return (cross - t_entropy.to(dtype)).sum()
+
+
+def teacher_rows(
+    teacher: Tensor | TopKTeacher | SampledTeacher,
+    mask: Tensor | None,
+    student_shape: torch.Size,
+    name: str,
+    rows_fn: Callable[[Tensor, Tensor], Tensor],
+    temperature: float,
+    dtype: torch.dtype,
+) -> tuple[Callable[..., Tensor], list[Tensor]]:
+    """The chunk function of divergence `name` against `teacher`, and the teacher's masked rows.
+
+    ``chunk_fn(student_rows (n, V), *teacher_rows) -> scalar sum`` over the n rows; the teacher
+    rows are the masked rows of each teacher tensor, in the order `chunk_fn` takes them. Shared by
+    the logits path here and the fused hidden-state path (distill.fused_kd).
+    """
+    rows = functools.partial(_select_rows, mask=mask)
+    if isinstance(teacher, TopKTeacher):
+        if teacher.logprobs.shape[:2] != student_shape[:2]:
+            raise ValueError(
+                f"TopKTeacher rows {tuple(teacher.logprobs.shape[:2])} do not match "
+                f"student rows {tuple(student_shape[:2])}"
+            )
+        if teacher.k > student_shape[-1]:
+            raise ValueError(f"TopKTeacher has k={teacher.k} > V={student_shape[-1]}")
+        tensors = [rows(teacher.logprobs), rows(teacher.indices), rows(teacher.leftover)]
+        return functools.partial(_topk_chunk, rows_fn, temperature, dtype), tensors
+    if isinstance(teacher, SampledTeacher):
+        if not DIVERGENCE_TABLE[name].from_samples:
+            raise ValueError(SAMPLED_REFUSAL.format(name=name))
+        if teacher.indices.shape[:2] != student_shape[:2]:
+            raise ValueError(
+                f"SampledTeacher rows {tuple(teacher.indices.shape[:2])} do not match "
+                f"student rows {tuple(student_shape[:2])}"
+            )
+        tensors = [rows(teacher.indices), rows(teacher.weights), rows(teacher.entropy)]
+        return functools.partial(_sampled_chunk, temperature, dtype), tensors
+    if isinstance(teacher, Tensor):
+        if teacher.shape != student_shape:
+            raise ValueError(
+                f"teacher logits {tuple(teacher.shape)} must have the student's shape "
+                f"{tuple(student_shape)} (same tokenizer and vocabulary size)"
+            )
+        return functools.partial(_full_chunk, rows_fn, temperature, dtype), [rows(teacher)]
+    raise TypeError(
+        f"teacher must be logits, a TopKTeacher or a SampledTeacher, got {type(teacher)}"
+    )
+
+
 def _token_divergence(
+    name: str,
     rows_fn: Callable[[Tensor, Tensor], Tensor],
     student_logits: Tensor,
-    teacher: Tensor | TopKTeacher,
+    teacher: Tensor | TopKTeacher | SampledTeacher,
     mask: Tensor | None,
     *,
     temperature: float,
@@ -391,7 +604,7 @@ def _token_divergence(
     num_tokens: int | float | Tensor | None,
     chunk_size: int | None,
 ) -> Tensor:
-    """Select masked rows, sum rows_fn chunk by chunk, normalise, optionally scale by T^2."""
+    """Select masked rows, sum the chunk function chunk by chunk, normalise, optionally T^2."""
     if student_logits.dim() != 3:
         raise ValueError(
             f"student_logits must be (B, T, V), got shape {tuple(student_logits.shape)}"
@@ -400,38 +613,21 @@ def _token_divergence(
     _check_chunk_size(chunk_size)
     mask = _check_mask(mask, student_logits.shape[:2], "student_logits (B, T)")
     dtype = _compute_dtype(student_logits.dtype)
+    fn, tensors = teacher_rows(
+        teacher, mask, student_logits.shape, name, rows_fn, temperature, dtype
+    )
     s_rows = _select_rows(student_logits, mask)
-
-    if isinstance(teacher, TopKTeacher):
-        if teacher.logprobs.shape[:2] != student_logits.shape[:2]:
-            raise ValueError(
-                f"TopKTeacher rows {tuple(teacher.logprobs.shape[:2])} do not match "
-                f"student_logits rows {tuple(student_logits.shape[:2])}"
-            )
-        if teacher.k > student_logits.shape[-1]:
-            raise ValueError(f"TopKTeacher has k={teacher.k} > V={student_logits.shape[-1]}")
-        tensors = [
-            s_rows,
-            _select_rows(teacher.logprobs, mask),
-            _select_rows(teacher.indices, mask),
-            _select_rows(teacher.leftover, mask),
-        ]
-        fn = functools.partial(_topk_chunk, rows_fn, temperature, dtype)
-    elif isinstance(teacher, Tensor):
-        if teacher.shape != student_logits.shape:
-            raise ValueError(
-                f"teacher logits {tuple(teacher.shape)} must have the student's shape "
-                f"{tuple(student_logits.shape)} (same tokenizer and vocabulary size)"
-            )
-        tensors = [s_rows, _select_rows(teacher, mask)]
-        fn = functools.partial(_full_chunk, rows_fn, temperature, dtype)
-    else:
-        raise TypeError(f"teacher must be a logits Tensor or a TopKTeacher, got {type(teacher)}")
-
     n = s_rows.shape[0]
     if n == 0:
         return _zero_like_graph(student_logits, dtype)
-    total = _chunked_sum(fn, tensors, chunk_size)
+    total = _chunked_sum(fn, [s_rows, *tensors], chunk_size)
+    return finish_token_loss(total, n, num_tokens, temperature, scale_by_t2)
+
+
+def finish_token_loss(
+    total: Tensor, n: int, num_tokens, temperature: float, scale_by_t2: bool
+) -> Tensor:
+    """total / num_tokens, times T^2 when `scale_by_t2` (shared with distill.fused_kd)."""
     loss = _normalise(total, n, num_tokens)
     if scale_by_t2:
         # Gradients of a tempered softmax shrink like 1/T^2; Hinton et al. rescale to compensate.
@@ -440,18 +636,19 @@ def _token_divergence(
 
 
 # --------------------------------------------------------------------------------------------
-# Public token-level divergences
+# The table of token-level divergences
 # --------------------------------------------------------------------------------------------
 
 _COMMON_ARGS = """
     Args:
         student_logits: ``(B, T, V)`` student logits (any float dtype; chunks are upcast to
             fp32, float64 stays float64).
-        teacher: ``(B, T, V)`` teacher logits, or a `TopKTeacher` (compared on k + 1 buckets).
+        teacher: ``(B, T, V)`` teacher logits, a `TopKTeacher` (compared on k + 1 buckets) or a
+            `SampledTeacher` (forward KL only: an unbiased estimate, see `SampledTeacher`).
         mask: ``(B, T)`` bool/0-1, true for rows whose next token is a target; None = all rows.
         temperature: divides the student logits and full teacher logits before the softmax. A
-            `TopKTeacher` already holds log-probs at the temperature its cache was made with,
-            so only the student is divided.
+            `TopKTeacher` / `SampledTeacher` is already at the temperature its cache was made
+            with, so only the student is divided.
         scale_by_t2: multiply the result by ``temperature ** 2``.
         num_tokens: normaliser, the number of target tokens in the whole gradient-accumulation
             window over all processes (int or tensor); None = ``mask.sum()`` of this call.
@@ -462,201 +659,141 @@ _COMMON_ARGS = """
         ``sum over masked rows of the per-token divergence / num_tokens``.
 """
 
+SAMPLED_REFUSAL = (
+    "divergence `{name}` needs the teacher's whole distribution, and a sampled cache holds only "
+    "an unbiased sample of it: an estimate of `{name}` from the sample would be biased (it is "
+    "not linear in the teacher's probabilities), so it is refused rather than silently wrong. "
+    "Fix: use `divergence: forward_kl` with the sampled cache, or keep `{name}` and set "
+    "`teacher_source: online` (the teacher runs at every step) or `kd.cache.kind: topk` (top-k "
+    "buckets, biased low but bounded; see docs of distill.losses)."
+)
 
-def _with_common_args(fn):
-    fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + _COMMON_ARGS
-    return fn
 
+@dataclass(frozen=True)
+class Divergence:
+    """One row of the divergence table.
 
-@_with_common_args
-def forward_kl(
-    student_logits: Tensor,
-    teacher: Tensor | TopKTeacher,
-    mask: Tensor | None,
-    *,
-    temperature: float = 1.0,
-    scale_by_t2: bool = False,
-    num_tokens: int | float | Tensor | None = None,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Forward KL ``KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v))`` per token.
-
-    Mode covering: the student is pushed to put mass wherever the teacher does.
+    rows: ``(log_s (n, K), log_t (n, K), **param) -> (n,)`` per-row divergence on K buckets.
+    param: the name of its one extra parameter (``beta``/``alpha``) or None; default: its value
+    when not given. from_samples: estimable without bias from a `SampledTeacher`.
     """
-    return _token_divergence(
+
+    rows: Callable[..., Tensor]
+    summary: str
+    param: str | None = None
+    default: float | None = None
+    from_samples: bool = False
+
+    def bind(self, name: str, given: dict) -> Callable[[Tensor, Tensor], Tensor]:
+        """rows with its parameter fixed; TypeError/ValueError for a wrong keyword or value."""
+        unknown = set(given) - {self.param}
+        if unknown:
+            raise TypeError(f"{name}() got unexpected keyword argument(s) {sorted(unknown)}")
+        if self.param is None:
+            return self.rows
+        value = float(given.get(self.param, self.default))
+        _check_unit(self.param, value)
+        return functools.partial(self.rows, **{self.param: value})
+
+
+DIVERGENCE_TABLE: dict[str, Divergence] = {
+    "forward_kl": Divergence(
         _forward_kl_rows,
-        student_logits,
-        teacher,
-        mask,
-        temperature=temperature,
-        scale_by_t2=scale_by_t2,
-        num_tokens=num_tokens,
-        chunk_size=chunk_size,
-    )
+        """Forward KL ``KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v))`` per token.
 
-
-@_with_common_args
-def reverse_kl(
-    student_logits: Tensor,
-    teacher: Tensor | TopKTeacher,
-    mask: Tensor | None,
-    *,
-    temperature: float = 1.0,
-    scale_by_t2: bool = False,
-    num_tokens: int | float | Tensor | None = None,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Reverse KL ``KL(p_S || p_T) = sum_v p_S(v) (log p_S(v) - log p_T(v))`` per token.
+    Mode covering: the student is pushed to put mass wherever the teacher does. The only
+    divergence a `SampledTeacher` supports (linear in ``p_T``, so the sample estimates it
+    without bias).""",
+        from_samples=True,
+    ),
+    "reverse_kl": Divergence(
+        _reverse_kl_rows,
+        """Reverse KL ``KL(p_S || p_T) = sum_v p_S(v) (log p_S(v) - log p_T(v))`` per token.
 
     Mode seeking (MiniLLM, GKD): the student is punished for mass where the teacher has little,
-    which suits a small student that cannot cover every teacher mode.
-    """
-    return _token_divergence(
-        _reverse_kl_rows,
-        student_logits,
-        teacher,
-        mask,
-        temperature=temperature,
-        scale_by_t2=scale_by_t2,
-        num_tokens=num_tokens,
-        chunk_size=chunk_size,
-    )
-
-
-@_with_common_args
-def jsd(
-    student_logits: Tensor,
-    teacher: Tensor | TopKTeacher,
-    mask: Tensor | None,
-    *,
-    beta: float = 0.5,
-    temperature: float = 1.0,
-    scale_by_t2: bool = False,
-    num_tokens: int | float | Tensor | None = None,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2023, Eq. 1), TRL convention.
+    which suits a small student that cannot cover every teacher mode.""",
+    ),
+    "jsd": Divergence(
+        _jsd_rows,
+        """Generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2023, Eq. 1), TRL's way.
 
     For ``0 < beta < 1``, with the mixture ``M = beta * p_T + (1 - beta) * p_S``::
 
         JSD_beta = beta * KL(p_T || M) + (1 - beta) * KL(p_S || M)
 
     (``beta = 0.5`` is the ordinary Jensen-Shannon divergence.) At the endpoints this formula
-    tends to 0 (``M`` becomes ``p_S`` resp. ``p_T``), so, exactly like TRL's
-    ``GKDTrainer.generalized_jsd_loss``, the endpoints are defined separately:
-
-    * ``beta = 0``: forward KL ``KL(p_T || p_S)`` (identical to `forward_kl`);
-    * ``beta = 1``: reverse KL ``KL(p_S || p_T)`` (identical to `reverse_kl`).
-
-    These are the limits of the *rescaled* divergence: ``JSD_beta / beta -> KL(p_T || p_S)`` as
-    ``beta -> 0`` and ``JSD_beta / (1 - beta) -> KL(p_S || p_T)`` as ``beta -> 1``. Note that
-    the loss is therefore discontinuous at the endpoints: for beta close to 0 or 1 its value
-    (and gradient) is about ``beta`` resp. ``1 - beta`` times the KL, i.e. a smaller step size.
+    tends to 0, so, exactly like TRL's ``GKDTrainer.generalized_jsd_loss``, ``beta = 0`` is
+    forward KL and ``beta = 1`` reverse KL (the limits of ``JSD_beta / beta`` resp.
+    ``JSD_beta / (1 - beta)``): the loss is discontinuous at the endpoints, and for beta close to
+    0 or 1 its value and gradient are about ``beta`` resp. ``1 - beta`` times the KL.
 
     Extra arg:
-        beta: interpolation weight in ``[0, 1]``.
-    """
-    _check_unit("beta", beta)
-    return _token_divergence(
-        functools.partial(_jsd_rows, beta=float(beta)),
-        student_logits,
-        teacher,
-        mask,
-        temperature=temperature,
-        scale_by_t2=scale_by_t2,
-        num_tokens=num_tokens,
-        chunk_size=chunk_size,
-    )
-
-
-@_with_common_args
-def skew_forward_kl(
-    student_logits: Tensor,
-    teacher: Tensor | TopKTeacher,
-    mask: Tensor | None,
-    *,
-    alpha: float = 0.1,
-    temperature: float = 1.0,
-    scale_by_t2: bool = False,
-    num_tokens: int | float | Tensor | None = None,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Skew forward KL (DistiLLM): ``KL(p_T || alpha * p_T + (1 - alpha) * p_S)`` per token.
+        beta: interpolation weight in ``[0, 1]`` (default 0.5).""",
+        param="beta",
+        default=0.5,
+    ),
+    "skew_forward_kl": Divergence(
+        _skew_forward_kl_rows,
+        """Skew forward KL (DistiLLM): ``KL(p_T || alpha * p_T + (1 - alpha) * p_S)`` per token.
 
     Mixing some teacher into the student side keeps the log bounded where the student has almost
     no mass, which stabilises training. ``alpha = 0`` is `forward_kl`; ``alpha = 1`` gives 0.
 
     Extra arg:
-        alpha: skew weight in ``[0, 1]`` (DistiLLM uses 0.1).
-    """
-    _check_unit("alpha", alpha)
-    return _token_divergence(
-        functools.partial(_skew_forward_kl_rows, alpha=float(alpha)),
-        student_logits,
-        teacher,
-        mask,
-        temperature=temperature,
-        scale_by_t2=scale_by_t2,
-        num_tokens=num_tokens,
-        chunk_size=chunk_size,
-    )
-
-
-@_with_common_args
-def skew_reverse_kl(
-    student_logits: Tensor,
-    teacher: Tensor | TopKTeacher,
-    mask: Tensor | None,
-    *,
-    alpha: float = 0.1,
-    temperature: float = 1.0,
-    scale_by_t2: bool = False,
-    num_tokens: int | float | Tensor | None = None,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Skew reverse KL (DistiLLM): ``KL(p_S || alpha * p_S + (1 - alpha) * p_T)`` per token.
+        alpha: skew weight in ``[0, 1]`` (DistiLLM uses 0.1, the default).""",
+        param="alpha",
+        default=0.1,
+    ),
+    "skew_reverse_kl": Divergence(
+        _skew_reverse_kl_rows,
+        """Skew reverse KL (DistiLLM): ``KL(p_S || alpha * p_S + (1 - alpha) * p_T)`` per token.
 
     ``alpha = 0`` is `reverse_kl`; ``alpha = 1`` gives 0.
 
     Extra arg:
-        alpha: skew weight in ``[0, 1]`` (DistiLLM uses 0.1).
-    """
-    _check_unit("alpha", alpha)
-    return _token_divergence(
-        functools.partial(_skew_reverse_kl_rows, alpha=float(alpha)),
-        student_logits,
-        teacher,
-        mask,
-        temperature=temperature,
-        scale_by_t2=scale_by_t2,
-        num_tokens=num_tokens,
-        chunk_size=chunk_size,
-    )
-
-
-@_with_common_args
-def tvd(
-    student_logits: Tensor,
-    teacher: Tensor | TopKTeacher,
-    mask: Tensor | None,
-    *,
-    temperature: float = 1.0,
-    scale_by_t2: bool = False,
-    num_tokens: int | float | Tensor | None = None,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-) -> Tensor:
-    """Total variation distance ``0.5 * sum_v |p_T(v) - p_S(v)|`` per token (bounded in [0, 1])."""
-    return _token_divergence(
+        alpha: skew weight in ``[0, 1]`` (DistiLLM uses 0.1, the default).""",
+        param="alpha",
+        default=0.1,
+    ),
+    "tvd": Divergence(
         _tvd_rows,
-        student_logits,
-        teacher,
-        mask,
-        temperature=temperature,
-        scale_by_t2=scale_by_t2,
-        num_tokens=num_tokens,
-        chunk_size=chunk_size,
-    )
+        """Total variation distance ``0.5 * sum_v |p_T(v) - p_S(v)|`` per token (in [0, 1]).""",
+    ),
+}
 
+
+def _public_divergence(name: str) -> Callable[..., Tensor]:
+    """The public function of table row `name` (same arguments for every divergence)."""
+    spec = DIVERGENCE_TABLE[name]
+
+    def loss(
+        student_logits: Tensor,
+        teacher: Tensor | TopKTeacher | SampledTeacher,
+        mask: Tensor | None,
+        *,
+        temperature: float = 1.0,
+        scale_by_t2: bool = False,
+        num_tokens: int | float | Tensor | None = None,
+        chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+        **param: float,
+    ) -> Tensor:
+        return _token_divergence(
+            name, spec.bind(name, param), student_logits, teacher, mask,
+            temperature=temperature, scale_by_t2=scale_by_t2, num_tokens=num_tokens,
+            chunk_size=chunk_size,
+        )  # fmt: skip
+
+    loss.__name__ = loss.__qualname__ = name
+    loss.__doc__ = spec.summary + "\n" + _COMMON_ARGS
+    return loss
+
+
+forward_kl = _public_divergence("forward_kl")
+reverse_kl = _public_divergence("reverse_kl")
+jsd = _public_divergence("jsd")
+skew_forward_kl = _public_divergence("skew_forward_kl")
+skew_reverse_kl = _public_divergence("skew_reverse_kl")
+tvd = _public_divergence("tvd")
 
 #: Name -> divergence function; the names are the values accepted by `divergence`.
 DIVERGENCES: dict[str, Callable[..., Tensor]] = {
@@ -672,7 +809,7 @@ DIVERGENCES: dict[str, Callable[..., Tensor]] = {
 def divergence(
     kind: str,
     student_logits: Tensor,
-    teacher: Tensor | TopKTeacher,
+    teacher: Tensor | TopKTeacher | SampledTeacher,
     mask: Tensor | None,
     **kw,
 ) -> Tensor:
@@ -681,13 +818,15 @@ def divergence(
     Example: ``divergence("jsd", logits, teacher, mask, beta=0.5, num_tokens=n)``.
     ``beta`` is only accepted by ``"jsd"``, ``alpha`` only by the skew divergences.
     """
-    try:
-        fn = DIVERGENCES[kind]
-    except KeyError:
+    return DIVERGENCES[check_divergence_name(kind)](student_logits, teacher, mask, **kw)
+
+
+def check_divergence_name(kind: str) -> str:
+    if kind not in DIVERGENCE_TABLE:
         raise ValueError(
-            f"unknown divergence {kind!r}; valid kinds: {', '.join(sorted(DIVERGENCES))}"
-        ) from None
-    return fn(student_logits, teacher, mask, **kw)
+            f"unknown divergence {kind!r}; valid kinds: {', '.join(sorted(DIVERGENCE_TABLE))}"
+        )
+    return kind
 
 
 # --------------------------------------------------------------------------------------------
@@ -790,6 +929,49 @@ def _attention_chunk(dtype: torch.dtype, eps: float, s: Tensor, t: Tensor) -> Te
     return (t * (t.clamp_min(eps).log() - s.clamp_min(eps).log())).sum()
 
 
+def _attention_pair(student_attn, teacher_attn, pair: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """The checked maps of a layer pair: student ``(B, H_S, T, T)``, teacher ``(B, H_T, T, T)``."""
+    ls, lt = pair
+    if not (0 <= ls < len(student_attn)) or not (0 <= lt < len(teacher_attn)):
+        raise ValueError(
+            f"attention_kl: layer pair ({ls}, {lt}) out of range for {len(student_attn)} "
+            f"student and {len(teacher_attn)} teacher layers"
+        )
+    s, t = student_attn[ls], teacher_attn[lt]
+    if s.dim() != 4 or t.dim() != 4:
+        raise ValueError(
+            f"attention maps must be (B, H, T, T); got student {tuple(s.shape)}, "
+            f"teacher {tuple(t.shape)} for layer pair ({ls}, {lt})"
+        )
+    if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
+        raise ValueError(
+            f"attention maps differ in batch or sequence length: student {tuple(s.shape)}, "
+            f"teacher {tuple(t.shape)} for layer pair ({ls}, {lt})"
+        )
+    if t.shape[1] % s.shape[1] != 0:
+        raise ValueError(
+            f"attention_kl: teacher heads ({t.shape[1]}) must be a multiple of student heads "
+            f"({s.shape[1]}) to average teacher heads in groups (layer pair ({ls}, {lt}))"
+        )
+    return s, t
+
+
+def _attention_layer_sum(
+    s: Tensor, t: Tensor, query_mask: Tensor | None, chunk_size: int | None, eps: float
+) -> tuple[Tensor, int]:
+    """(sum over selected query rows and heads of KL(A_T || A_S), number of selected rows)."""
+    mask = _check_mask(query_mask, s.shape[:1] + s.shape[2:3], "attention (B, T)")
+    dtype = _compute_dtype(s.dtype)
+    # (B, H, T_q, T_k) -> (B, T_q, H, T_k) so that the (B, T) query mask selects rows.
+    s_rows = _select_rows(s.transpose(1, 2), mask)
+    t_rows = _select_rows(t.transpose(1, 2), mask)
+    n = s_rows.shape[0]
+    if n == 0:
+        return _zero_like_graph(s, dtype), 0
+    fn = functools.partial(_attention_chunk, dtype, eps)
+    return _chunked_sum(fn, [s_rows, t_rows], chunk_size), n
+
+
 def attention_kl(
     student_attn: Sequence[Tensor],
     teacher_attn: Sequence[Tensor],
@@ -834,51 +1016,15 @@ def attention_kl(
     if not layer_map:
         raise ValueError("attention_kl: layer_map is empty")
     _check_chunk_size(chunk_size)
-    total = None
-    n = 0
-    h_student = None
-    for ls, lt in layer_map:
-        if not (0 <= ls < len(student_attn)) or not (0 <= lt < len(teacher_attn)):
-            raise ValueError(
-                f"attention_kl: layer pair ({ls}, {lt}) out of range for {len(student_attn)} "
-                f"student and {len(teacher_attn)} teacher layers"
-            )
-        s, t = student_attn[ls], teacher_attn[lt]
-        if s.dim() != 4 or t.dim() != 4:
-            raise ValueError(
-                f"attention maps must be (B, H, T, T); got student {tuple(s.shape)}, "
-                f"teacher {tuple(t.shape)} for layer pair ({ls}, {lt})"
-            )
-        if s.shape[0] != t.shape[0] or s.shape[2:] != t.shape[2:]:
-            raise ValueError(
-                f"attention maps differ in batch or sequence length: student {tuple(s.shape)}, "
-                f"teacher {tuple(t.shape)} for layer pair ({ls}, {lt})"
-            )
-        h_s, h_t = s.shape[1], t.shape[1]
-        if h_t % h_s != 0:
-            raise ValueError(
-                f"attention_kl: teacher heads ({h_t}) must be a multiple of student heads "
-                f"({h_s}) to average teacher heads in groups (layer pair ({ls}, {lt}))"
-            )
-        h_student = h_s if h_student is None else h_student
-        if h_s != h_student:
-            raise ValueError("attention_kl: student layers have different head counts")
-        mask = _check_mask(query_mask, s.shape[:1] + s.shape[2:3], "attention (B, T)")
-        dtype = _compute_dtype(s.dtype)
-        # (B, H, T_q, T_k) -> (B, T_q, H, T_k) so that the (B, T) query mask selects rows.
-        s_rows = _select_rows(s.transpose(1, 2), mask)
-        t_rows = _select_rows(t.transpose(1, 2), mask)
-        n = s_rows.shape[0]
-        if n == 0:
-            part = _zero_like_graph(s, dtype)
-        else:
-            part = _chunked_sum(
-                functools.partial(_attention_chunk, dtype, eps), [s_rows, t_rows], chunk_size
-            )
-        total = part if total is None else total + part
+    pairs = [_attention_pair(student_attn, teacher_attn, pair) for pair in layer_map]
+    if len({s.shape[1] for s, _ in pairs}) > 1:
+        raise ValueError("attention_kl: student layers have different head counts")
+    sums = [_attention_layer_sum(s, t, query_mask, chunk_size, eps) for s, t in pairs]
+    total = functools.reduce(torch.add, [part for part, _ in sums])
+    n = sums[-1][1]  # the same query mask selects the same rows in every layer
     if n == 0:
         return total
-    return _normalise(total, n, num_rows) / (h_student * len(layer_map))
+    return _normalise(total, n, num_rows) / (pairs[0][0].shape[1] * len(layer_map))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,44 +1,67 @@
-"""The teacher cache: the teacher's top-k next-token log-probs at every target token, on disk.
+"""The teacher cache: the teacher's next-token distribution at every target token, on disk.
 
 The teacher runs once over a training set; offline KD objectives then read its distribution
-from here instead of running it at every step.
+from here instead of running it at every step. Two kinds (`--kind`, config `kd.cache.kind`):
+
+  topk     the k most likely tokens' log-probs and the mass left over (a biased summary: the
+           loss sees k + 1 buckets; see distill.losses.TopKTeacher);
+  sampled  N tokens drawn from the teacher with replacement (Random-Sampling KD, arXiv
+           2503.16870), stored as distinct ids + counts, with the teacher's entropy: an unbiased
+           estimate of the forward KL and its gradient (distill.losses.SampledTeacher).
 
     python -m distill.teacher_cache --teacher results/models/teacher \
-        --data results/data/instructions/train.jsonl --k 32 --temperature 1.0 --max-len 160 \
-        --batch-size 8 --shard-examples 64 [--precision bf16] \
-        [--student results/models/student_init --heldout results/data/instructions/valid.jsonl] \
+        --data results/data/instructions/train.jsonl --kind sampled --samples 24 --seed 0 \
+        --k 32 --temperature 1.0 --max-len 160 --batch-size 8 --shard-examples 64 \
+        --precision bf16 --student results/models/student_init \
+        --heldout results/data/instructions/valid.jsonl --error-examples 16 \
         --out results/cache/teacher
 
 Layout of `--out`:
   shard-00000.safetensors ...  each covers a contiguous range of encoded examples (in data order)
                                and holds, for the TARGET rows of those examples only (rows where
                                `target_mask` is true, see distill.batching; no loss reads others):
-                                 logprobs      (N_targets, k) float16  top-k log-probs, descending
-                                 indices       (N_targets, k) int32    their vocabulary ids
-                                 leftover      (N_targets,)   float32  mass outside the top-k
-                                 example_index (n_examples,)  int64    Encoded.index (jsonl line)
-                                 offsets       (n_examples+1,) int64   example i's rows are
-                                                               offsets[i]:offsets[i+1]
+                                 example_index (n_examples,)   int64  Encoded.index (jsonl line)
+                                 offsets       (n_examples+1,) int64  example i's rows are
+                                                                      offsets[i]:offsets[i+1]
+                               kind topk, per row:
+                                 logprobs    (N_rows, k) float16  top-k log-probs, descending
+                                 indices     (N_rows, k) int32    their vocabulary ids
+                                 leftover    (N_rows,)   float32  mass outside the top-k
+                               kind sampled, ragged (a row with d distinct ids costs 5·d + 8 B):
+                                 ids         (M,)        int32    distinct drawn ids, ascending
+                                 counts      (M,)        uint8    draws of each (N <= 255)
+                                 row_offsets (N_rows+1,) int32    row r's ids are
+                                                                  row_offsets[r]:row_offsets[r+1]
+                                 entropy     (N_rows,)   float32  H(p_T) in nats
   progress.json                finished shards + their sha256 (updated atomically after each shard)
-  manifest.json                written LAST: its presence means the cache is complete.
+  manifest.json                written LAST: its presence means the cache is complete. Records
+                               kind, k or samples/seed, bytes_per_token, the histogram of distinct
+                               ids per row (sampled), `quality` (see `cache_quality`) and the
+                               command that built it.
 
 ROW -> TOKEN CONTRACT: row j holds the teacher's prediction of token j+1; only target rows are
 stored, in order (the `target_mask` of distill.batching, same tokenizer, same max_len).
 
-Why float16 for the log-probs (not bfloat16): top-k log-probs lie in about [-30, 0], far inside
-fp16's range, where fp16 has 3 more mantissa bits than bf16 (spacing 2^-6 vs 2^-3 at |x| in
-[16, 32), 2^-11 vs 2^-8 near -1), i.e. 8x smaller error for the same 2 bytes; bf16's wide exponent
-buys nothing here. The leftover is a probability that can be tiny (1e-9), below fp16's normal
-range, and is one number per token, so it stays float32 (4 bytes against 6·k for the top-k).
+Why float16 for the top-k log-probs (not bfloat16): top-k log-probs lie in about [-30, 0], far
+inside fp16's range, where fp16 has 3 more mantissa bits than bf16 (8x smaller error for the
+same 2 bytes). The leftover is a probability that can be tiny (1e-9), below fp16's normal range,
+and is one number per token, so it stays float32; so does the entropy.
+
+Sampling: the temperature is applied before sampling; each example draws from its own CPU
+generator seeded by (--seed, its jsonl line), so the same seed and settings give the same cache
+on any device and a resumed build is byte-identical to an uninterrupted one. (Another batch size
+pads differently, which can move the teacher's logits in their last bits and so a few draws.)
 
 Resume: a rerun after a kill keeps every shard whose file still matches the sha256 recorded in
-progress.json (for the same teacher/data/k/temperature/max_len/precision) and computes only the
-rest; the result is byte-identical to an uninterrupted build. For tests,
+progress.json (for the same teacher/data/settings) and computes only the rest. For tests,
 DISTILL_KILL_AFTER_SHARD=N makes the build SIGKILL itself right after shard N (0-based) is
 recorded. Snakemake: declare `manifest.json` (not the directory) as the rule's output, so that a
-failed job's shards survive for the rerun.
+failed job's shards survive for the rerun. A reader that finds a damaged or missing shard
+removes manifest.json (the cache is no longer complete), so rerunning the same snakemake command
+reruns the cache rule, which recomputes only that shard.
 
-Reading: `TeacherCache(out).batch(index, target_mask)` gives a `distill.losses.TopKTeacher`.
+Reading: `TeacherCache(out).batch(index, target_mask)` gives a `distill.losses.TopKTeacher` or
+a `distill.losses.SampledTeacher`. Manifests written before `kind` existed read as top-k.
 """
 
 from __future__ import annotations
@@ -49,10 +72,13 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import signal
-from collections import OrderedDict
+import sys
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from contextlib import nullcontext
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import safetensors.torch
@@ -68,19 +94,62 @@ from distill.io import (
     sha256_file,
     write_json,
 )
-from distill.losses import TopKTeacher, forward_kl, topk_teacher
+from distill.losses import (
+    SampledRows,
+    SampledTeacher,
+    TopKTeacher,
+    sample_rows,
+    sampled_teacher,
+    topk_teacher,
+)
 
 FORMAT = "distill.teacher_cache/1"
 CONTRACT = (
     "row j holds the teacher's prediction of token j+1; only target rows are stored, in order"
 )
+KINDS = ("topk", "sampled")
 LOGPROB_DTYPE = torch.float16  # see the module docstring for why not bfloat16
 LEFTOVER_DTYPE = torch.float32
+MAX_SAMPLES = 255  # counts are stored as uint8
 MANIFEST = "manifest.json"
 PROGRESS = "progress.json"
 KILL_ENV = "DISTILL_KILL_AFTER_SHARD"
 
 log = logging.getLogger("distill.teacher_cache")
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """What a cache is built with (all of it goes into the resume key and the manifest)."""
+
+    kind: str
+    k: int
+    samples: int
+    seed: int
+    temperature: float
+    max_len: int
+    precision: str
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise InputError(f"teacher cache: --kind `{self.kind}`; expected topk or sampled.")
+        if self.precision not in ("bf16", "fp32"):
+            raise InputError(f"teacher cache: precision `{self.precision}`; expected bf16 or fp32.")
+        if self.k < 1 or self.max_len < 2 or not self.temperature > 0:
+            raise InputError(
+                f"teacher cache: need k >= 1, max_len >= 2 and temperature > 0; got k={self.k}, "
+                f"max_len={self.max_len}, temperature={self.temperature}."
+            )
+        if not 1 <= self.samples <= MAX_SAMPLES:
+            raise InputError(
+                f"teacher cache: --samples {self.samples}; must be in 1..{MAX_SAMPLES} (counts "
+                "are stored as uint8). Fix: set kd.cache.samples within that range."
+            )
+
+    def key(self) -> dict:
+        """The settings that decide the shards' bytes (top-k ignores samples/seed and v.v.)."""
+        drop = ("samples", "seed") if self.kind == "topk" else ("k",)
+        return {k: v for k, v in asdict(self).items() if k not in drop}
 
 
 def shard_name(number: int) -> str:
@@ -142,6 +211,42 @@ def unpack_rows(
     return TopKTeacher(logprobs, indices, leftover)
 
 
+def pack_sampled_shard(example_indices: list[int], rows: list[SampledRows]) -> dict:
+    """The tensors of one sampled shard from each example's `SampledRows` (see the layout)."""
+    counts = [r.entropy.shape[0] for r in rows]
+    row_offsets = [torch.zeros(1, dtype=torch.int64)]
+    base = 0
+    for r in rows:
+        row_offsets.append(r.offsets[1:] + base)
+        base += int(r.offsets[-1])
+    return {
+        "ids": torch.cat([r.ids for r in rows]).to(torch.int32).contiguous(),
+        "counts": torch.cat([r.counts for r in rows]).to(torch.uint8).contiguous(),
+        "row_offsets": torch.cat(row_offsets).to(torch.int32).contiguous(),
+        "entropy": torch.cat([r.entropy for r in rows]).to(torch.float32).contiguous(),
+        "example_index": torch.tensor(example_indices, dtype=torch.int64),
+        "offsets": torch.tensor([0, *counts], dtype=torch.int64).cumsum(0),
+    }
+
+
+def unpack_sampled_example(tensors: dict, lo: int, hi: int, samples: int) -> SampledRows:
+    """Rows lo:hi of a sampled shard (one example's target rows) as `SampledRows`."""
+    start, stop = int(tensors["row_offsets"][lo]), int(tensors["row_offsets"][hi])
+    return SampledRows(
+        ids=tensors["ids"][start:stop].long(),
+        counts=tensors["counts"][start:stop].long(),
+        offsets=tensors["row_offsets"][lo : hi + 1].long() - start,
+        entropy=tensors["entropy"][lo:hi],
+        samples=samples,
+    )
+
+
+def distinct_histogram(tensors: dict) -> Counter:
+    """{distinct ids in a row: number of rows} of a sampled shard."""
+    per_row = (tensors["row_offsets"][1:] - tensors["row_offsets"][:-1]).tolist()
+    return Counter(per_row)
+
+
 # --------------------------------------------------------------------------------------------
 # Build
 # --------------------------------------------------------------------------------------------
@@ -168,6 +273,43 @@ def targets_topk(
         top = topk_teacher(rows.unsqueeze(0), k, temperature)
         out.append(TopKTeacher(top.logprobs[0].cpu(), top.indices[0].cpu(), top.leftover[0].cpu()))
     return out
+
+
+def example_generator(seed: int, example_index: int) -> torch.Generator:
+    """The CPU generator of one example: its draws depend on (seed, jsonl line) only."""
+    return torch.Generator().manual_seed((seed << 32) + example_index)
+
+
+def targets_sampled(
+    logits: torch.Tensor, batch: dict, settings: CacheSettings
+) -> list[SampledRows]:
+    """Per example, `settings.samples` draws at each of its target rows (see `sample_rows`)."""
+    mask = batch["target_mask"].to(logits.device)
+    return [
+        sample_rows(
+            logits[b][mask[b]],
+            settings.samples,
+            settings.temperature,
+            example_generator(settings.seed, int(batch["index"][b])),
+        )  # fmt: skip
+        for b in range(logits.shape[0])
+    ]
+
+
+def compute_shard(teacher, part: list[Encoded], settings: CacheSettings, pad_id, batch_size):
+    """The tensors of one shard: the teacher over the examples `part`, packed for `kind`."""
+    rows = []
+    for chunk in batches(part, batch_size):
+        batch = collate(chunk, pad_id)
+        logits = teacher_logits(teacher, batch, settings.precision)
+        if settings.kind == "topk":
+            rows += targets_topk(logits, batch["target_mask"], settings.k, settings.temperature)
+        else:
+            rows += targets_sampled(logits, batch, settings)
+    indices = [e.index for e in part]
+    return (
+        pack_shard(indices, rows) if settings.kind == "topk" else pack_sampled_shard(indices, rows)
+    )
 
 
 def batches(examples: list[Encoded], size: int) -> Iterator[list[Encoded]]:
@@ -231,157 +373,270 @@ def write_shard(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) ->
     return hashlib.sha256(blob).hexdigest()
 
 
-def topk_error(
-    teacher,
-    student_dir: Path,
-    heldout_jsonl: Path,
-    tokenizer,
-    *,
-    k: int,
-    temperature: float,
-    max_len: int,
-    batch_size: int,
-    precision: str,
-    error_examples: int,
-    pad_id: int,
-) -> dict:
-    """How much the top-k truncation changes KL(teacher || student) on held-out examples.
+# --------------------------------------------------------------------------------------------
+# Quality: the cache's forward KL and gradient against the full teacher, on held-out examples
+# --------------------------------------------------------------------------------------------
 
-    Per example: token-mean forward KL against the full teacher (KL_full) and against the
-    top-k teacher as stored (fp16 log-probs; KL_topk); the relative error |KL_topk - KL_full| /
-    KL_full, then the mean over examples. KL_topk <= KL_full (merging tokens into one bucket
-    cannot raise a divergence), so the error lies in [0, 1].
+
+def topk_k_for_bytes(bytes_per_token: float) -> int:
+    """The k whose top-k rows cost about `bytes_per_token`: 6 B per token (fp16 + int32) + 4."""
+    return max(1, int((bytes_per_token - 4) // 6))
+
+
+def _estimators(settings: CacheSettings, bytes_per_token: float | None) -> dict:
+    """{name: (B, T, V) logits + batch -> teacher} of the cache and its same-bytes comparison."""
+
+    def topk(k):
+        def make(logits, batch):
+            top = topk_teacher(logits, k, settings.temperature)
+            return TopKTeacher(top.logprobs.to(LOGPROB_DTYPE).float(), top.indices, top.leftover)
+
+        return make
+
+    def sampled(logits, batch):
+        rows = targets_sampled(logits, batch, settings)
+        return sampled_teacher(rows, batch["target_mask"]).to(logits.device)
+
+    if settings.kind == "topk":
+        return {"cache": topk(settings.k)}
+    return {"cache": sampled, "topk_same_bytes": topk(topk_k_for_bytes(bytes_per_token))}
+
+
+def cache_quality(
+    teacher, student_dir: Path, heldout_jsonl: Path, tokenizer, settings: CacheSettings, *,
+    batch_size: int, error_examples: int, pad_id: int, bytes_per_token: float,
+) -> dict:  # fmt: skip
+    """How well the cache stands in for the full teacher on held-out examples.
+
+    kl_relative_error: |mean KL from the cache - mean full KL| / mean full KL, the means over
+    examples of each example's token-mean forward KL(teacher || student). grad_cosine: cosine
+    between the student's parameter gradients of the forward KL over all held-out targets from
+    the cache and from the full teacher (same batches). For a sampled cache, `topk_same_bytes`
+    holds the same two numbers for a top-k cache of about the same bytes per token.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from distill.losses import forward_kl
     from distill.models.student import check_same_tokenizer
-    from distill.teachers import LocalTeacher
 
     check_same_tokenizer(
         tokenizer, AutoTokenizer.from_pretrained(student_dir), teacher.name, str(student_dir)
     )
-    # A LocalTeacher is just a frozen model with `distribution(batch) -> logits`.
-    student = LocalTeacher(str(student_dir), next(teacher.model.parameters()).device)
-    examples = encode_examples(tokenizer, read_examples(heldout_jsonl), max_len)[:error_examples]
+    device = next(teacher.model.parameters()).device
+    student = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).to(device)
+    params = [p for p in student.parameters() if p.requires_grad]
+    examples = encode_examples(tokenizer, read_examples(heldout_jsonl), settings.max_len)
+    examples = examples[:error_examples]
     if not examples:
         raise InputError(f"{heldout_jsonl}: no example has a response token within max_len.")
-    full_kls, topk_kls = [], []
+    estimators = {"full": lambda logits, batch: logits, **_estimators(settings, bytes_per_token)}
+    kls = {name: [] for name in estimators}
+    grads = {name: torch.zeros(sum(p.numel() for p in params), device=device) for name in kls}
+    total_targets = sum(int(e.target_mask.sum()) for e in examples)
     for chunk in batches(examples, batch_size):
         batch = collate(chunk, pad_id)
-        t_logits = teacher_logits(teacher, batch, precision).float()
-        s_logits = teacher_logits(student, batch, precision).float()
+        t_logits = teacher_logits(teacher, batch, settings.precision).float()
+        on_device = {k: v.to(device) for k, v in batch.items()}
+        s_logits = student(
+            input_ids=on_device["input_ids"], attention_mask=on_device["attention_mask"]
+        ).logits.float()
         if s_logits.shape != t_logits.shape:
             raise InputError(
                 f"student {student_dir} has {s_logits.shape[-1]} logits per token, the teacher "
                 f"{t_logits.shape[-1]}. Fix: use a student built from the teacher."
             )
-        stored = topk_teacher(t_logits, k, temperature)
-        stored = TopKTeacher(stored.logprobs.to(LOGPROB_DTYPE), stored.indices, stored.leftover)
-        mask = batch["target_mask"].to(t_logits.device)
-        for b in range(len(chunk)):
-            one = torch.zeros_like(mask)
-            one[b] = mask[b]
-            full_kls.append(float(forward_kl(s_logits, t_logits, one, temperature=temperature)))
-            topk_kls.append(float(forward_kl(s_logits, stored, one, temperature=temperature)))
-    rel = [abs(t - f) / f for t, f in zip(topk_kls, full_kls, strict=True) if f > 0]
-    return {
+        mask = on_device["target_mask"]
+        for name, make in estimators.items():
+            target = make(t_logits, on_device)
+            kls[name] += _per_example_kl(s_logits.detach(), target, mask, settings.temperature)
+            loss = forward_kl(
+                s_logits, target, mask, temperature=settings.temperature, num_tokens=total_targets
+            )
+            step = torch.autograd.grad(loss, params, retain_graph=True)
+            grads[name] += torch.cat([g.reshape(-1) for g in step])
+    return _quality_summary(kls, grads, settings, bytes_per_token, student_dir, heldout_jsonl)
+
+
+def _per_example_kl(s_logits, target, mask, temperature) -> list[float]:
+    from distill.losses import forward_kl
+
+    out = []
+    for b in range(mask.shape[0]):
+        one = torch.zeros_like(mask)
+        one[b] = mask[b]
+        out.append(float(forward_kl(s_logits, target, one, temperature=temperature)))
+    return out
+
+
+def _quality_summary(kls, grads, settings, bytes_per_token, student_dir, heldout_jsonl) -> dict:
+    full = sum(kls["full"]) / len(kls["full"])
+
+    def numbers(name: str) -> dict:
+        mean = sum(kls[name]) / len(kls[name])
+        # float64: a float32 cosine of two 10^7-long vectors can come out above 1
+        cosine = torch.nn.functional.cosine_similarity(
+            grads[name].double(), grads["full"].double(), dim=0
+        )
+        return {
+            "kl_mean": mean,
+            "kl_relative_error": abs(mean - full) / full,
+            "grad_cosine": float(cosine),
+        }
+
+    quality = {
         "student": str(student_dir),
         "heldout": str(heldout_jsonl),
         "heldout_sha256": sha256_file(heldout_jsonl),
-        "examples": len(examples),
-        "kl_full_mean": sum(full_kls) / len(full_kls),
-        "kl_topk_mean": sum(topk_kls) / len(topk_kls),
-        "mean_relative_error": sum(rel) / len(rel) if rel else 0.0,
+        "examples": len(kls["full"]),
+        "kl_full_mean": full,
+        **numbers("cache"),
     }
+    if "topk_same_bytes" in kls:
+        k = topk_k_for_bytes(bytes_per_token)
+        quality["topk_same_bytes"] = {
+            "k": k, "bytes_per_token": 6 * k + 4, **numbers("topk_same_bytes")
+        }  # fmt: skip
+    return quality
+
+
+# --------------------------------------------------------------------------------------------
+# The build: setup -> shards (resumable) -> quality -> manifest
+# --------------------------------------------------------------------------------------------
 
 
 def build_cache(
-    teacher_dir,
-    data_jsonl,
-    out_dir,
-    *,
-    k: int,
-    temperature: float,
-    max_len: int,
-    batch_size: int,
-    shard_examples: int,
-    precision: str,
-    student_dir=None,
-    heldout_jsonl=None,
-    error_examples: int = 16,
-) -> dict:
+    teacher_dir, data_jsonl, out_dir, *, k: int, temperature: float, max_len: int,
+    batch_size: int, shard_examples: int, precision: str, kind: str, samples: int, seed: int,
+    student_dir=None, heldout_jsonl=None, error_examples: int = 0, command: str | None = None,
+) -> dict:  # fmt: skip
     """Run the teacher over `data_jsonl` and write the cache to `out_dir`; return the manifest.
 
-    Resumes shard by shard (see the module docstring). `precision` is "bf16" (autocast) or "fp32".
+    Resumes shard by shard (see the module docstring). `precision` is "bf16" (autocast) or
+    "fp32"; `command` (the CLI line) goes into the manifest so that a reader can name it.
     """
+    settings = CacheSettings(kind, k, samples, seed, temperature, max_len, precision)
+    settings.check()
+    teacher_dir, data_jsonl, out_dir = Path(teacher_dir), Path(data_jsonl), Path(out_dir)
+    if (student_dir is None) != (heldout_jsonl is None):
+        raise InputError(
+            "teacher cache: the quality estimate needs both --student and --heldout. Fix: give "
+            "both, or neither to skip it."
+        )
+    if batch_size < 1 or shard_examples < 1:
+        raise InputError(
+            f"teacher cache: need batch_size >= 1 and shard_examples >= 1; got {batch_size}, "
+            f"{shard_examples}."
+        )
+    setup = _setup(teacher_dir, data_jsonl, settings)
+    shards = _build_shards(setup, out_dir, settings, batch_size, shard_examples)
+    tokens = sum(s["tokens"] for s in shards)
+    cache_bytes = sum((out_dir / s["file"]).stat().st_size for s in shards)
+    quality = None
+    if student_dir is not None:
+        quality = cache_quality(
+            setup.teacher, Path(student_dir), Path(heldout_jsonl), setup.tokenizer, settings,
+            batch_size=batch_size, error_examples=error_examples, pad_id=setup.pad_id,
+            bytes_per_token=cache_bytes / tokens,
+        )  # fmt: skip
+        log.info("cache quality: %s", json.dumps(quality))
+    manifest = {
+        "format": FORMAT,
+        "contract": CONTRACT,
+        "teacher": setup.describe_teacher(teacher_dir),
+        "tokenizer": setup.fingerprint,
+        **settings.key(),
+        "dtype": DTYPES[kind],
+        "data": {"file": str(data_jsonl), "sha256": setup.data_sha},
+        "shard_examples": shard_examples,
+        "shards": shards,
+        "examples": len(setup.examples),
+        "target_tokens": tokens,
+        "bytes": cache_bytes,
+        "bytes_per_token": cache_bytes / tokens,
+        "full_fp16_logits_bytes_per_token": 2 * setup.vocab,
+        "distinct_ids_per_row": _histogram(out_dir, shards) if kind == "sampled" else None,
+        "quality": quality,
+        "command": command,
+    }
+    write_json(out_dir / MANIFEST, manifest)
+    log.info(
+        "cache %s (%s): %d examples, %d target tokens, %.1f bytes/token (full fp16 logits: %d)",
+        out_dir, kind, len(setup.examples), tokens, manifest["bytes_per_token"], 2 * setup.vocab,
+    )  # fmt: skip
+    return manifest
+
+
+DTYPES = {
+    "topk": {"logprobs": "float16", "indices": "int32", "leftover": "float32"},
+    "sampled": {"ids": "int32", "counts": "uint8", "row_offsets": "int32", "entropy": "float32"},
+}
+
+
+@dataclass
+class _Setup:
+    """Everything the shards depend on, loaded once."""
+
+    tokenizer: object
+    teacher: object
+    examples: list
+    pad_id: int
+    fingerprint: str
+    data_sha: str
+    key: dict
+    vocab: int
+
+    def describe_teacher(self, teacher_dir: Path) -> dict:
+        n_params = sum(p.numel() for p in self.teacher.model.parameters())
+        return {**teacher_info(teacher_dir), "parameters": n_params, "vocab_size": self.vocab}
+
+
+def _setup(teacher_dir: Path, data_jsonl: Path, settings: CacheSettings) -> _Setup:
+    """Tokenize exactly as training does, load the teacher, compute the resume key."""
     from transformers import AutoTokenizer
 
     from distill.models.student import tokenizer_fingerprint
     from distill.teachers import LocalTeacher
 
-    teacher_dir, data_jsonl, out_dir = Path(teacher_dir), Path(data_jsonl), Path(out_dir)
-    if (student_dir is None) != (heldout_jsonl is None):
-        raise InputError(
-            "teacher cache: the top-k error needs both --student and --heldout. Fix: give both, "
-            "or neither to skip the estimate."
-        )
-    if precision not in ("bf16", "fp32"):
-        raise InputError(f"teacher cache: precision `{precision}`; expected bf16 or fp32.")
-    if k < 1 or batch_size < 1 or shard_examples < 1 or max_len < 2 or not temperature > 0:
-        raise InputError(
-            f"teacher cache: need k >= 1, batch_size >= 1, shard_examples >= 1, max_len >= 2 and "
-            f"temperature > 0; got k={k}, batch_size={batch_size}, shard_examples="
-            f"{shard_examples}, max_len={max_len}, temperature={temperature}."
-        )
     if not (teacher_dir / "config.json").is_file():
         raise InputError(f"--teacher {teacher_dir}: not a model directory (no config.json).")
-
-    # --- setup: tokenize exactly as training does, load the teacher --------------------------
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    fingerprint = tokenizer_fingerprint(tokenizer)
-    examples = encode_examples(tokenizer, read_examples(data_jsonl), max_len)
+    examples = encode_examples(tokenizer, read_examples(data_jsonl), settings.max_len)
     if not examples:
         raise InputError(f"{data_jsonl}: no example has a response token within max_len.")
+    fingerprint = tokenizer_fingerprint(tokenizer)
     data_sha = sha256_file(data_jsonl)
-    settings = {"k": k, "temperature": temperature, "max_len": max_len, "precision": precision}
-    key = build_key(teacher_dir, data_sha, fingerprint, settings)
+    key = build_key(teacher_dir, data_sha, fingerprint, settings.key())
     device = "cuda" if torch.cuda.is_available() else "cpu"
     teacher = LocalTeacher(str(teacher_dir), device)
     vocab = int(teacher.model.config.vocab_size)
-    if k > vocab:
-        raise InputError(f"teacher cache: k={k} > the teacher's vocabulary size {vocab}.")
-    n_params = sum(p.numel() for p in teacher.model.parameters())
+    if settings.kind == "topk" and settings.k > vocab:
+        raise InputError(f"teacher cache: k={settings.k} > the teacher's vocabulary size {vocab}.")
+    return _Setup(tokenizer, teacher, examples, pad_id, fingerprint, data_sha, key, vocab)
 
+
+def _build_shards(setup: _Setup, out_dir: Path, settings, batch_size, shard_examples) -> list:
+    """Keep the shards whose sha256 matches progress.json, compute the rest; their entries."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the manifest marks a COMPLETE cache
     remove_stale_temporaries(out_dir)
-    done = load_progress(out_dir, key)
+    done = load_progress(out_dir, setup.key)
     kill_after = os.environ.get(KILL_ENV)
     # ONE metadata key: safetensors writes several in hash order, which differs between
     # processes, and a resumed build must be byte-identical to an uninterrupted one.
-    about = {"format": FORMAT, "contract": CONTRACT, "k": k, "temperature": temperature}
+    about = {"format": FORMAT, "contract": CONTRACT, **settings.key()}
     metadata = {"distill": json.dumps(about, sort_keys=True)}
-
-    # --- shards: keep the verified ones, compute the rest ------------------------------------
     shards = []
-    n_shards = (len(examples) + shard_examples - 1) // shard_examples
-    for number in range(n_shards):
-        name = shard_name(number)
-        path = out_dir / name
-        part = examples[number * shard_examples : (number + 1) * shard_examples]
+    for number in range((len(setup.examples) + shard_examples - 1) // shard_examples):
+        name, path = shard_name(number), out_dir / shard_name(number)
+        part = setup.examples[number * shard_examples : (number + 1) * shard_examples]
         entry = done.get(name)
         if entry and path.is_file() and sha256_file(path) == entry["sha256"]:
             log.info("%s: kept (sha256 matches %s)", name, PROGRESS)
         else:
-            rows = []
-            for chunk in batches(part, batch_size):
-                batch = collate(chunk, pad_id)
-                logits = teacher_logits(teacher, batch, precision)
-                rows += targets_topk(logits, batch["target_mask"], k, temperature)
-            tensors = pack_shard([e.index for e in part], rows)
+            tensors = compute_shard(setup.teacher, part, settings, setup.pad_id, batch_size)
             entry = {
                 "file": name,
                 "sha256": write_shard(path, tensors, metadata),
@@ -390,7 +645,7 @@ def build_cache(
                 "index_range": [part[0].index, part[-1].index],
             }
             done[name] = entry
-            write_json(out_dir / PROGRESS, {"key": key, "shards": done})
+            write_json(out_dir / PROGRESS, {"key": setup.key, "shards": done})
             log.info(
                 "%s: computed (%d examples, %d target tokens)", name, len(part), entry["tokens"]
             )
@@ -398,45 +653,20 @@ def build_cache(
                 log.warning("%s=%s: killing myself (fault injection)", KILL_ENV, kill_after)
                 os.kill(os.getpid(), signal.SIGKILL)
         shards.append(entry)
+    return shards
 
-    # --- the top-k error estimate, then the manifest (last) ----------------------------------
-    error = None
-    if student_dir is not None:
-        error = topk_error(
-            teacher, Path(student_dir), Path(heldout_jsonl), tokenizer, k=k,
-            temperature=temperature, max_len=max_len, batch_size=batch_size,
-            precision=precision, error_examples=error_examples, pad_id=pad_id,
-        )  # fmt: skip
-        log.info(
-            "top-k error (k=%d): %.4f (KL full %.4f, top-k %.4f, %d held-out examples)",
-            k, error["mean_relative_error"], error["kl_full_mean"], error["kl_topk_mean"],
-            error["examples"],
-        )  # fmt: skip
-    tokens = sum(s["tokens"] for s in shards)
-    cache_bytes = sum((out_dir / s["file"]).stat().st_size for s in shards)
-    manifest = {
-        "format": FORMAT,
-        "contract": CONTRACT,
-        "teacher": {**teacher_info(teacher_dir), "parameters": n_params, "vocab_size": vocab},
-        "tokenizer": fingerprint,
-        **settings,
-        "dtype": {"logprobs": "float16", "indices": "int32", "leftover": "float32"},
-        "data": {"file": str(data_jsonl), "sha256": data_sha},
-        "shard_examples": shard_examples,
-        "shards": shards,
-        "examples": len(examples),
-        "target_tokens": tokens,
-        "bytes": cache_bytes,
-        "bytes_per_token": cache_bytes / tokens,
-        "full_fp16_logits_bytes_per_token": 2 * vocab,
-        "topk_error": error,
+
+def _histogram(out_dir: Path, shards: list) -> dict:
+    """{"histogram": {distinct ids: rows}, "mean": ..., "max": ...} over every sampled shard."""
+    total = Counter()
+    for shard in shards:
+        total.update(distinct_histogram(safetensors.torch.load_file(out_dir / shard["file"])))
+    rows = sum(total.values())
+    return {
+        "histogram": {str(d): total[d] for d in sorted(total)},
+        "mean": sum(d * n for d, n in total.items()) / max(rows, 1),
+        "max": max(total, default=0),
     }
-    write_json(out_dir / MANIFEST, manifest)
-    log.info(
-        "cache %s: %d examples, %d target tokens, %.1f bytes/token (full fp16 logits: %d)",
-        out_dir, len(examples), tokens, manifest["bytes_per_token"], 2 * vocab,
-    )  # fmt: skip
-    return manifest
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,55 +675,62 @@ def build_cache(
 
 
 class TeacherCache:
-    """Read a teacher cache: `batch(index, target_mask) -> TopKTeacher`.
+    """Read a teacher cache: `batch(index, target_mask) -> TopKTeacher | SampledTeacher`.
 
     `expect_*` are what the reader was configured with; a manifest that disagrees is refused
-    (the cached rows would belong to other tokens). `expect_tokenizer` is a fingerprint string
-    (distill.models.student.tokenizer_fingerprint) or a tokenizer; `expect_data` a jsonl path
-    whose sha256 must be the cached data's. Shards are checked against their sha256 the first
-    time they are read; at most `max_loaded_shards` stay in memory (least recently used out).
+    (the cached rows would belong to other tokens or another distribution). `expect_tokenizer`
+    is a fingerprint string (distill.models.student.tokenizer_fingerprint) or a tokenizer;
+    `expect_data` a jsonl path whose sha256 must be the cached data's; `expect_vocab` the
+    student's vocabulary size. Shards are checked against their sha256 the first time they are
+    read; at most `max_loaded_shards` stay in memory (least recently used out).
     """
 
     def __init__(
-        self,
-        cache_dir,
-        *,
-        expect_tokenizer=None,
-        expect_max_len: int | None = None,
-        expect_temperature: float | None = None,
-        expect_data=None,
-        max_loaded_shards: int = 4,
-    ):
+        self, cache_dir, *, expect_tokenizer=None, expect_max_len: int | None = None,
+        expect_temperature: float | None = None, expect_data=None,
+        expect_vocab: int | None = None, max_loaded_shards: int = 4,
+    ):  # fmt: skip
         self.dir = Path(cache_dir)
         path = self.dir / MANIFEST
         if not path.is_file():
             raise InputError(
                 f"{path}: missing, so the teacher cache is absent or incomplete (the build writes "
-                "it last). Fix: rerun the cache rule; it keeps finished shards."
+                "it last). Fix: rerun the cache rule (or your snakemake command); it keeps "
+                "finished shards."
             )
         self.manifest = json.loads(path.read_text())
         if self.manifest.get("format") != FORMAT:
             self._refuse("format", self.manifest.get("format"), FORMAT)
-        if expect_tokenizer is not None:
-            if not isinstance(expect_tokenizer, str):
-                from distill.models.student import tokenizer_fingerprint
-
-                expect_tokenizer = tokenizer_fingerprint(expect_tokenizer)
-            if self.manifest["tokenizer"] != expect_tokenizer:
-                self._refuse("tokenizer", self.manifest["tokenizer"][:12], expect_tokenizer[:12])
-        if expect_max_len is not None and self.manifest["max_len"] != expect_max_len:
-            self._refuse("max_len", self.manifest["max_len"], expect_max_len)
-        if expect_temperature is not None and self.manifest["temperature"] != expect_temperature:
-            self._refuse("temperature", self.manifest["temperature"], expect_temperature)
-        if expect_data is not None and sha256_file(expect_data) != self.manifest["data"]["sha256"]:
-            self._refuse("data.sha256", self.manifest["data"]["file"], str(expect_data))
-        self.k = int(self.manifest["k"])
+        self.kind = self.manifest.get("kind", "topk")  # manifests from before `kind`: top-k
+        self._check_expectations(
+            expect_tokenizer, expect_max_len, expect_temperature, expect_data, expect_vocab
+        )
         self.temperature = float(self.manifest["temperature"])
+        self.samples = int(self.manifest.get("samples", 0))
         self.shards = self.manifest["shards"]
         self._starts = [s["index_range"][0] for s in self.shards]
         self._verified: set[str] = set()
         self._loaded: OrderedDict[str, tuple[dict, dict]] = OrderedDict()
         self.max_loaded_shards = max(1, max_loaded_shards)
+
+    def _check_expectations(self, tokenizer, max_len, temperature, data, vocab) -> None:
+        m = self.manifest
+        if tokenizer is not None:
+            if not isinstance(tokenizer, str):
+                from distill.models.student import tokenizer_fingerprint
+
+                tokenizer = tokenizer_fingerprint(tokenizer)
+            if m["tokenizer"] != tokenizer:
+                self._refuse("tokenizer", m["tokenizer"][:12], tokenizer[:12])
+        if max_len is not None and m["max_len"] != max_len:
+            self._refuse("max_len", m["max_len"], max_len)
+        if temperature is not None and m["temperature"] != temperature:
+            self._refuse("temperature", m["temperature"], temperature)
+        if data is not None and sha256_file(data) != m["data"]["sha256"]:
+            self._refuse("data.sha256", m["data"]["file"], str(data))
+        cached_vocab = m.get("teacher", {}).get("vocab_size")
+        if vocab is not None and cached_vocab is not None and cached_vocab != vocab:
+            self._refuse("teacher.vocab_size", cached_vocab, vocab)
 
     def _refuse(self, key: str, cached, expected) -> None:
         raise InputError(
@@ -502,16 +739,29 @@ class TeacherCache:
             "and rerun the cache rule)."
         )
 
+    def _damaged(self, path: Path, problem: str) -> InputError:
+        """Mark the cache incomplete (no manifest) and say how the cache rule recomputes it."""
+        (self.dir / MANIFEST).unlink(missing_ok=True)
+        kept = sum(1 for s in self.shards if s["file"] != path.name)
+        command = self.manifest.get("command")
+        direct = f"`{command}`" if command else "the cache's build command (see its log)"
+        return InputError(
+            f"{path}: {problem}. {self.dir / MANIFEST} has been removed, so the cache now counts "
+            f"as incomplete. Fix: run the same snakemake command again: Snakemake reruns the "
+            f"cache rule, which keeps the other {kept} shards (their sha256 matches "
+            f"{self.dir / PROGRESS}) and recomputes this one, then the training. Outside "
+            f"Snakemake: run {direct}."
+        )
+
     def _check_file(self, name: str) -> bytes:
         """The bytes of shard `name`, checked against the manifest's sha256."""
         path = self.dir / name
-        fix = "Fix: delete it and rerun; the cache rule recomputes missing shards."
         if not path.is_file():
-            raise InputError(f"{path}: missing from the teacher cache. {fix}")
+            raise self._damaged(path, "missing from the teacher cache")
         blob = path.read_bytes()
         expected = next(s["sha256"] for s in self.shards if s["file"] == name)
         if hashlib.sha256(blob).hexdigest() != expected:
-            raise InputError(f"{path}: sha256 mismatch (truncated or altered). {fix}")
+            raise self._damaged(path, "sha256 mismatch (truncated or altered)")
         self._verified.add(name)
         return blob
 
@@ -536,7 +786,8 @@ class TeacherCache:
         return self._loaded[name]
 
     def rows(self, example_index: int):
-        """(logprobs (n, k) fp16, indices (n, k) int32, leftover (n,)) of one example's targets."""
+        """One example's target rows: (logprobs (n, k) fp16, indices (n, k) int32, leftover (n,))
+        for a top-k cache, `SampledRows` with n rows for a sampled one."""
         at = bisect.bisect_right(self._starts, example_index) - 1
         shard = self.shards[at] if at >= 0 else None
         if shard is None or example_index > shard["index_range"][1]:
@@ -546,6 +797,8 @@ class TeacherCache:
             raise self._not_cached(example_index)
         p = positions[example_index]
         lo, hi = int(tensors["offsets"][p]), int(tensors["offsets"][p + 1])
+        if self.kind == "sampled":
+            return unpack_sampled_example(tensors, lo, hi, self.samples)
         return tensors["logprobs"][lo:hi], tensors["indices"][lo:hi], tensors["leftover"][lo:hi]
 
     def _not_cached(self, example_index: int) -> InputError:
@@ -556,58 +809,61 @@ class TeacherCache:
             "training set."
         )
 
-    def batch(self, index: torch.Tensor, target_mask: torch.Tensor) -> TopKTeacher:
+    def batch(self, index: torch.Tensor, target_mask: torch.Tensor) -> TopKTeacher | SampledTeacher:
         """The cached teacher for a batch: index (B,) Encoded.index, target_mask (B, T) bool.
 
-        Returns a TopKTeacher with (B, T, k) tensors on the CPU (see `unpack_rows` for the
+        Returns (B, T, ·) tensors on the CPU (see `unpack_rows` / `sampled_teacher` for the
         non-target rows).
         """
         target_mask = target_mask.bool().cpu()
         per_example = []
         for b, example_index in enumerate(index.tolist()):
             rows = self.rows(int(example_index))
+            stored = rows.entropy.shape[0] if self.kind == "sampled" else rows[0].shape[0]
             wanted = int(target_mask[b].sum())
-            if rows[0].shape[0] != wanted:
+            if stored != wanted:
                 raise InputError(
-                    f"{self.dir}: example {example_index} has {rows[0].shape[0]} target tokens in "
+                    f"{self.dir}: example {example_index} has {stored} target tokens in "
                     f"the cache but {wanted} in this batch: the tokenizer, chat template or "
                     "max_len changed since the cache was built. Fix: rebuild the cache with the "
                     "training run's tokenizer and max_len."
                 )
             per_example.append(rows)
+        if self.kind == "sampled":
+            return sampled_teacher(per_example, target_mask)
         return unpack_rows(per_example, target_mask)
 
 
 def main() -> None:
+    # Options left out take the schema's `kd.cache` defaults (one home per default: the schema).
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", required=True, help="teacher model directory")
     parser.add_argument("--data", required=True, help="training set (jsonl)")
-    parser.add_argument("--k", type=int, required=True, help="teacher tokens kept per row")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--kind", choices=KINDS, help="kd.cache.kind")
+    parser.add_argument("--k", type=int, help="kd.cache.k: top-k tokens kept per row")
+    parser.add_argument("--samples", type=int, help="kd.cache.samples: draws per row (sampled)")
+    parser.add_argument("--seed", type=int, help="kd.cache.seed: generator seed (sampled)")
+    parser.add_argument("--temperature", type=float, required=True, help="as in training")
     parser.add_argument("--max-len", type=int, required=True, help="as in training")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--shard-examples", type=int, default=64)
-    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
-    parser.add_argument("--student", help="student for the top-k error estimate")
-    parser.add_argument("--heldout", help="held-out jsonl for the top-k error estimate")
-    parser.add_argument("--error-examples", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, help="kd.cache.batch_size")
+    parser.add_argument("--shard-examples", type=int, help="kd.cache.shard_examples")
+    parser.add_argument("--precision", required=True, choices=["bf16", "fp32"])
+    parser.add_argument("--student", help="student for the quality estimate")
+    parser.add_argument("--heldout", help="held-out jsonl for the quality estimate")
+    parser.add_argument("--error-examples", type=int, help="kd.cache.error_examples")
     parser.add_argument("--out", required=True, help="cache directory")
     args = parser.parse_args()
     setup_logging()
+    from distill.config import schema_defaults
+
+    cache = schema_defaults("kd.cache")
+    given = {k: getattr(args, k) for k in cache if getattr(args, k, None) is not None}
     build_cache(
-        args.teacher,
-        args.data,
-        args.out,
-        k=args.k,
-        temperature=args.temperature,
-        max_len=args.max_len,
-        batch_size=args.batch_size,
-        shard_examples=args.shard_examples,
-        precision=args.precision,
-        student_dir=args.student,
-        heldout_jsonl=args.heldout,
-        error_examples=args.error_examples,
-    )
+        args.teacher, args.data, args.out, **{**cache, **given},
+        temperature=args.temperature, max_len=args.max_len, precision=args.precision,
+        student_dir=args.student, heldout_jsonl=args.heldout,
+        command=shlex.join(["python", "-m", "distill.teacher_cache", *sys.argv[1:]]),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 Every objective that learns from a teacher (KD, DAE, DDK, the λ' feedback) asks a `Teacher` for
 its distribution over the next token at each row of a batch (row j predicts token j+1, see
-distill.batching). A teacher returns either full logits (B,T,V) or a `TopKTeacher` (top-k
-log-probs + indices + leftover mass), so a teacher behind an API that only returns top-k
-log-probs fits the same interface as a local model or the on-disk cache.
+distill.batching). A teacher returns full logits (B,T,V), a `TopKTeacher` (top-k log-probs +
+indices + leftover mass) or a `SampledTeacher` (tokens drawn from the teacher + its entropy), so
+a teacher behind an API that only returns top-k log-probs fits the same interface as a local
+model or either kind of on-disk cache.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from typing import Protocol
 
 import torch
 
-from distill.losses import TopKTeacher
+from distill.losses import SampledTeacher, TopKTeacher
 
 
 class Teacher(Protocol):
     name: str
 
-    def distribution(self, batch: dict) -> torch.Tensor | TopKTeacher:
+    def distribution(self, batch: dict) -> torch.Tensor | TopKTeacher | SampledTeacher:
         """The teacher's next-token distribution for every row of `batch` (B,T,·)."""
         ...
 

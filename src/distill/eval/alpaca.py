@@ -1,47 +1,56 @@
-"""AlpacaEval's weighted pairwise protocol (weighted_alpaca_eval_gpt4_turbo) and its leaderboard.
+"""AlpacaEval's two protocols and its leaderboard, from the installed alpaca_eval package.
 
 Launch:
 
     # judge a model's outputs against the reference outputs -> alpaca_eval annotations
-    python -m distill.eval.alpaca annotate \\
-        --model-outputs results/eval/alpaca/outputs/sft.json \\
-        --reference-outputs results/eval/alpaca/outputs/teacher.json \\
-        --judge-config judge.yaml --out results/eval/alpaca/annotations/sft.json
+    python -m distill.eval.alpaca annotate --annotator alpaca_eval_gpt4 \\
+        --model-outputs results/eval/alpaca/seed0/outputs/sft.json \\
+        --reference-outputs results/eval/alpaca/data/alpaca_eval.json \\
+        --judge-config judge.yaml --out results/eval/alpaca/seed0/annotations/sft.json
     # (--judge-json '{"kind": "transformers", "model_dir": ...}' instead of a YAML file)
 
     # annotations (one or more files) -> leaderboard, one row per generator
-    python -m distill.eval.alpaca score --annotations results/eval/alpaca/annotations/*.json \\
-        --out results/eval/alpaca/leaderboard.csv
+    python -m distill.eval.alpaca score \\
+        --annotations results/eval/alpaca/seed0/annotations/*.json \\
+        --out results/eval/alpaca/seed0/leaderboard.csv
 
 Formats (alpaca_eval's):
-- model_outputs.json: [{"instruction", "output", "generator", "dataset"}, ...]
+- model_outputs.json: [{"instruction", "output", "generator", "dataset"}, ...]; the evaluation
+  set alpaca_eval.json (tatsu-lab/alpaca_eval) has this format too, with text-davinci-003's
+  outputs, so it is AlpacaEval 1.0's reference file as it is.
 - annotations.json: [{"instruction", "output_1", "generator_1", "output_2", "generator_2",
   "annotator", "preference", "preference_raw_completion", "dataset"}, ...] where output_1 is
   the reference (baseline) and output_2 the evaluated model, as alpaca_eval's
   annotate_head2head(outputs_1=reference_outputs, outputs_2=model_outputs) writes them.
 
 Preference convention (alpaca_eval's): 1 = output_1 (the reference) is better, 2 = output_2 (the
-model) is better, 1.5 = tie; the weighted protocol gives any value in [1, 2], and win_rate =
-100 * mean(preference - 1) is the model's win rate against the reference.
+model) is better, 1.5 = tie; win_rate = 100 * mean(preference - 1) is the model's win rate.
 
-The protocol, as alpaca_eval 0.6.6 runs it (read from its source, not copied):
-- the prompt is the annotator's own file inside the installed alpaca_eval package
-  (evaluators_configs/<annotator>/configs.yaml -> prompt_template, alpaca_eval_clf.txt), filled
-  by alpaca_eval.utils.make_prompts and turned into chat messages by prompt_to_chatml;
-- the two outputs are shown swapped when `random.Random("is_switched_outputs" + instruction +
-  "0").choices([False, True])[0]` is True (RandomSwitchTwoColumnsProcessor, the annotator seed
-  being PairwiseAnnotator's default 0);
-- the judge names the better output "m" (shown first) or "M" (shown second); with the log-probs
-  of those two next tokens, preference = 2 - P(m) / (P(m) + P(M)) in shown order, and 3 - that
-  when the outputs were swapped (logprob_parser with is_binarize=False, then the un-switch).
-  Neither token among the judge's top log-probs -> NaN (alpaca_eval's value; get_winrate drops it);
-- identical outputs get 1.5 without a judge call.
+The annotator (`--annotator`, config eval.alpaca.annotator) is read from the installed package
+(evaluators_configs/<annotator>/configs.yaml: prompt_template, completions_kwargs,
+fn_completion_parser), and its parser decides the protocol:
+- `ranking_parser` — **AlpacaEval 1.0** (`alpaca_eval_gpt4`, KD-DAE's numbers): the judge ranks
+  "model_1" and "model_2" in a Python list; the library's ranking_parser reads model_1's rank
+  (1 or 2). A judge with rating `generate` writes the ranking (max_tokens and temperature from the
+  annotator's completions_kwargs); an in-process judge with rating `expected` is prefilled with
+  RANKING_PREFILL, the place where the rank-1 model is named, and the ranking text written from
+  P("model_1") against P("model_2") there is parsed by the same library parser.
+- `logprob_parser` — **AlpacaEval 2.0's weighted protocol** (`weighted_alpaca_eval_gpt4_turbo`):
+  the judge names the better output "m" (shown first) or "M" (shown second); preference =
+  2 - P(m) / (P(m) + P(M)) in shown order (logprob_parser with is_binarize=False). Neither token
+  among the judge's top log-probs -> NaN (alpaca_eval's value; get_winrate drops it).
+In both, the prompt is filled by alpaca_eval.utils.make_prompts and turned into chat messages by
+prompt_to_chatml; the two outputs are shown swapped when `random.Random("is_switched_outputs" +
+instruction + "0").choices([False, True])[0]` is True (RandomSwitchTwoColumnsProcessor with
+PairwiseAnnotator's seed 0), and the shown-order preference x becomes 3 - x then; identical
+outputs get 1.5 without a judge call.
 
 Metrics come from alpaca_eval.metrics.get_winrate itself: win_rate, standard_error, n_wins,
 n_wins_base, n_draws, n_total, discrete_win_rate; avg_length = int(mean(len(output_2))) as
-alpaca_eval's leaderboard computes it from the model outputs. The length-controlled win rate needs
-alpaca_eval's df_gamed.csv (a hub download) and its 805-instruction "index" column: when either is
-missing offline, `length_controlled_winrate` is NaN and `length_controlled_note` says why.
+alpaca_eval's leaderboard computes it from the model outputs. The length-controlled win rate (2.0)
+needs alpaca_eval's df_gamed.csv (a hub download) and its 805-instruction "index" column: when
+either is missing offline, `length_controlled_winrate` is NaN and `length_controlled_note` says
+why.
 """
 
 from __future__ import annotations
@@ -65,10 +74,15 @@ from distill.io import InputError, atomic_path, main_guard, setup_logging, write
 
 log = logging.getLogger(__name__)
 
-ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
+WEIGHTED = "weighted_alpaca_eval_gpt4_turbo"  # AlpacaEval 2.0's annotator
+RANKING = "alpaca_eval_gpt4"  # AlpacaEval 1.0's annotator (KD-DAE's numbers)
 SWITCH_SEED_PREFIX = "is_switched_outputs"  # alpaca_eval's _switch_column, the seed's prefix
 ANNOTATOR_SEED = 0  # PairwiseAnnotator's default seed, passed down to the switch processor
 FIRST, SECOND = "m", "M"  # the identifiers the prompt gives the shown-first / shown-second output
+RANK_NAMES = ("model_1", "model_2")  # alpaca_eval_gpt4's names of the shown-first / -second output
+# Where alpaca_eval_gpt4's answer names its rank-1 model (the prompt's own output layout).
+RANKING_PREFILL = "[\n    {'model': '"
+PROTOCOLS = {"logprob_parser": "weighted", "ranking_parser": "ranking"}
 
 MODEL_OUTPUT_KEYS = ("instruction", "output", "generator")
 ANNOTATION_KEYS = (
@@ -95,6 +109,7 @@ def _alpaca_eval():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
+        import alpaca_eval.completion_parsers
         import alpaca_eval.metrics
         import alpaca_eval.utils
 
@@ -127,44 +142,96 @@ def preference_from_logprobs(logprobs: Mapping[str, float], switched: bool) -> f
     return 3 - shown if switched else shown
 
 
-def annotator_config(annotator: str = ANNOTATOR) -> dict:
+def ranking_text(first: str) -> str:
+    """The ranking alpaca_eval_gpt4 asks for, with `first` ("model_1" or "model_2") ranked 1."""
+    second = RANK_NAMES[1] if first == RANK_NAMES[0] else RANK_NAMES[0]
+    return f"{RANKING_PREFILL}{first}', 'rank': 1}},\n    {{'model': '{second}', 'rank': 2}}\n]"
+
+
+def annotator_config(annotator: str) -> dict:
     """The annotator's settings from the installed alpaca_eval package (configs.yaml)."""
     import yaml
 
     ae = _alpaca_eval()
     path = Path(ae.__file__).parent / "evaluators_configs" / annotator / "configs.yaml"
     if not path.is_file():
-        raise InputError(f"annotator {annotator!r} is not in alpaca_eval ({path} missing).")
+        raise InputError(
+            f"eval.alpaca.annotator {annotator!r} is not in the installed alpaca_eval ({path} "
+            f"missing). Fix: use {RANKING} (AlpacaEval 1.0) or {WEIGHTED} (2.0)."
+        )
     return yaml.safe_load(path.read_text(encoding="utf-8"))[annotator]
 
 
-def load_prompt_template(annotator: str = ANNOTATOR) -> str:
-    """The annotator's prompt text, read from the installed alpaca_eval package."""
-    ae = _alpaca_eval()
-    config = annotator_config(annotator)
-    parser = config.get("completion_parser_kwargs", {})
-    if parser.get("numerator_token") != FIRST or set(parser.get("denominator_tokens", [])) != {
-        FIRST,
-        SECOND,
-    }:
-        raise InputError(f"annotator {annotator!r} does not ask for 'm' or 'M'; not supported.")
-    path = Path(ae.__file__).parent / "evaluators_configs" / config["prompt_template"]
-    return path.read_text(encoding="utf-8")
+class Annotator:
+    """One alpaca_eval annotator as the package defines it: prompt, protocol, parser, settings."""
+
+    def __init__(self, name: str):
+        import functools
+
+        ae = _alpaca_eval()
+        config = annotator_config(name)
+        self.name = name
+        self.protocol = PROTOCOLS.get(config.get("fn_completion_parser"))
+        if self.protocol is None:
+            raise InputError(
+                f"annotator {name!r} parses with {config.get('fn_completion_parser')!r}; only "
+                f"{', '.join(PROTOCOLS)} are supported. Fix: use {RANKING} or {WEIGHTED}."
+            )
+        folder = Path(ae.__file__).parent / "evaluators_configs"
+        self.template = (folder / config["prompt_template"]).read_text(encoding="utf-8")
+        parser_kwargs = config.get("completion_parser_kwargs", {})
+        self.parser = functools.partial(
+            getattr(ae.completion_parsers, config["fn_completion_parser"]), **parser_kwargs
+        )
+        self.completions_kwargs = config.get("completions_kwargs", {})
+        wanted = {"numerator_token": FIRST, "denominator_tokens": [FIRST, SECOND]}
+        if self.protocol == "weighted" and any(
+            parser_kwargs.get(k) != v for k, v in wanted.items()
+        ):
+            raise InputError(f"annotator {name!r} does not ask for 'm' or 'M'; not supported.")
+
+    def messages(self, instruction: str, shown_1: str, shown_2: str) -> list[dict]:
+        """The judge's chat messages with the outputs in the order they are shown."""
+        ae = _alpaca_eval()
+        df = pd.DataFrame([{"instruction": instruction, "output_1": shown_1, "output_2": shown_2}])
+        prompts, _ = ae.utils.make_prompts(df, self.template, batch_size=1)
+        return ae.utils.prompt_to_chatml(prompts[0])
+
+    def judge_shown(
+        self, judge, instruction: str, shown_1: str, shown_2: str
+    ) -> tuple[float, dict]:
+        """(preference in shown order: 1 = the shown-first output is better ... 2; NaN when the
+        verdict cannot be read, and the raw verdict) for one pair, as shown."""
+        messages = self.messages(instruction, shown_1, shown_2)
+        if self.protocol == "weighted":
+            lps = judge.choice_logprobs(messages, [FIRST, SECOND])
+            raw = {"logprobs": {k: _json_float(v) for k, v in lps.items()}}
+            return preference_from_logprobs(lps, switched=False), raw
+        raw = {}
+        if judge.rating == "expected":
+            lps = judge.continuation_logprobs(messages, RANKING_PREFILL, list(RANK_NAMES))
+            raw["logprobs"] = {k: _json_float(v) for k, v in lps.items()}
+            completion = ranking_text(max(RANK_NAMES, key=lambda k: lps[k]))
+        else:
+            kwargs = self.completions_kwargs
+            completion = judge.complete(
+                messages, max_tokens=kwargs["max_tokens"], temperature=kwargs["temperature"]
+            )
+        raw["completion"] = completion
+        [rank] = self.parser(completion)  # the library's ranking_parser: model_1's rank or NaN
+        return float(rank), raw
 
 
 def build_messages(
-    template: str, instruction: str, output_1: str, output_2: str
+    annotator: Annotator, instruction: str, output_1: str, output_2: str
 ) -> tuple[list[dict], bool]:
     """The judge's chat messages for one pair, and whether the outputs are shown swapped.
 
     output_1 / output_2 are in annotation order (reference, model).
     """
-    ae = _alpaca_eval()
     switched = is_switched_outputs(instruction)
     shown_1, shown_2 = (output_2, output_1) if switched else (output_1, output_2)
-    df = pd.DataFrame([{"instruction": instruction, "output_1": shown_1, "output_2": shown_2}])
-    prompts, _ = ae.utils.make_prompts(df, template, batch_size=1)
-    return ae.utils.prompt_to_chatml(prompts[0]), switched
+    return annotator.messages(instruction, shown_1, shown_2), switched
 
 
 # --- annotating --------------------------------------------------------------------------------
@@ -211,37 +278,36 @@ def pair_outputs(reference: Sequence[Mapping], model: Sequence[Mapping]) -> list
     return rows
 
 
-def annotate(judge, rows: Sequence[Mapping], annotator: str = ANNOTATOR) -> list[dict]:
-    """Annotate pairs with `judge` (a distill.eval.judges.Judge) by the weighted protocol.
+def annotate(judge, rows: Sequence[Mapping], annotator: str) -> list[dict]:
+    """Annotate pairs with `judge` (a distill.eval.judges.Judge) by `annotator`'s protocol.
 
     rows: {"instruction", "output_1" (reference), "generator_1", "output_2" (model),
     "generator_2", ...}. Returns annotation records (input keys + "annotator", "preference",
-    "preference_raw_completion": {"logprobs": {"m", "M"}, "is_switched_outputs"}, None for
-    identical outputs), alpaca_eval's column names.
+    "preference_raw_completion": the verdict as read ({"logprobs"} and/or {"completion"}) and
+    "is_switched_outputs"; None for identical outputs), alpaca_eval's column names.
     """
     from distill.eval.judges import judge_map
 
-    template = load_prompt_template(annotator)
+    setup = Annotator(annotator)
 
     def one(row: Mapping) -> dict:
         out = dict(row) | {"annotator": annotator}
         if row["output_1"] == row["output_2"]:
             return out | {"preference": 1.5, "preference_raw_completion": None}
-        messages, switched = build_messages(
-            template, row["instruction"], row["output_1"], row["output_2"]
+        switched = is_switched_outputs(row["instruction"])
+        shown = (
+            (row["output_2"], row["output_1"]) if switched else (row["output_1"], row["output_2"])
         )
-        lps = judge.choice_logprobs(messages, [FIRST, SECOND])
-        pref = preference_from_logprobs(lps, switched)
-        raw = {
-            "logprobs": {k: _json_float(v) for k, v in lps.items()},
-            SWITCH_SEED_PREFIX: switched,
-        }
+        pref, raw = setup.judge_shown(judge, row["instruction"], *shown)
+        raw[SWITCH_SEED_PREFIX] = switched
+        pref = 3 - pref if switched else pref  # back to annotation order (NaN stays NaN)
         return out | {"preference": pref, "preference_raw_completion": raw}
 
-    records = judge_map(judge, one, rows)
+    # judge None: every pair is identical (cmd_annotate then loads no judge at all)
+    records = judge_map(judge, one, rows) if judge is not None else [one(r) for r in rows]
     n_nan = sum(isinstance(r["preference"], float) and math.isnan(r["preference"]) for r in records)
     if n_nan:
-        log.warning("%d pairs: neither 'm' nor 'M' in the judge's top log-probs (NaN)", n_nan)
+        log.warning("%d pairs: the judge's verdict could not be read (NaN, left out)", n_nan)
     return records
 
 
@@ -432,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     a.add_argument("--model-outputs", required=True)
     a.add_argument("--reference-outputs", required=True)
     add_judge_arguments(a)
-    a.add_argument("--annotator", default=ANNOTATOR)
+    a.add_argument("--annotator", required=True, help=f"{RANKING} (1.0) or {WEIGHTED} (2.0)")
     a.add_argument("--out", required=True)
     a.set_defaults(fn=cmd_annotate)
     s = sub.add_parser("score", help="leaderboard rows from annotation files")

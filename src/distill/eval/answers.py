@@ -9,13 +9,14 @@ Launch:
     # both turns of every question -> FastChat's model_answer format
     python -m distill.eval.answers mtbench --model-dir results/models/teacher --name teacher \\
         --questions results/eval/mtbench/questions.jsonl --max-new-tokens 64 --batch-size 8 \\
-        --backend auto --seed 0 --precision bf16 --out results/eval/mtbench/answers/teacher.jsonl
+        --backend auto --seed 0 --precision bf16 \\
+        --out results/eval/mtbench/seed0/answers/teacher.jsonl
 
     # one output per instruction -> alpaca_eval's model_outputs.json
     python -m distill.eval.answers alpaca --model-dir results/models/teacher --name teacher \\
         --instructions results/data/instructions/heldout.jsonl --n-instructions 16 \\
         --max-new-tokens 96 --temperature 0 --batch-size 8 --backend auto --seed 0 \\
-        --precision bf16 --out results/eval/alpaca/outputs/teacher.json
+        --precision bf16 --out results/eval/alpaca/seed0/outputs/teacher.json
 
 MT-Bench as FastChat's gen_model_answer.py runs it: the model's own chat template (no system
 message of ours), turn 1 first, then turn 2 on the conversation that holds turn 1's answer; the
@@ -24,8 +25,8 @@ greedy where it is 0); one answer per question. Questions that share a temperatu
 together in batches.
 
 AlpacaEval: `--instructions` is a dataset jsonl of prompt-only rows (the held-out instructions of
-the embedded default; the instruction is the last user message), `hub` (the official 805 from
-`tatsu-lab/alpaca_eval`), or an alpaca_eval-style JSON list of {"instruction", ...}.
+the embedded default; the instruction is the last user message) or an alpaca_eval-style JSON list
+of {"instruction", ...} (the official 805, alpaca_eval.json, as distill.eval.alpaca_data writes it).
 
 Backends: `transformers` (distill.generation: batched, left-padded) or `vllm` (only when vLLM is
 installed and a GPU is visible); `auto` picks vLLM when both hold, else transformers.
@@ -90,11 +91,14 @@ def select_questions(
 
 
 def load_instructions(source: str, n_instructions: int = 0) -> list[dict]:
-    """[{"instruction", "dataset", "messages"}] from a dataset jsonl, `hub`, or an alpaca_eval
-    JSON list; the first `n_instructions` (0: all)."""
-    if source == "hub":
-        rows = _hub_instructions()
-    elif source.endswith(".json"):
+    """[{"instruction", "dataset", "messages"}] from a dataset jsonl or an alpaca_eval JSON list;
+    the first `n_instructions` (0: all)."""
+    if source == "hub":  # jobs never download: the local rule alpaca_data writes the file
+        raise InputError(
+            "--instructions hub: generation reads local files only. Fix: pass the file that "
+            "`python -m distill.eval.alpaca_data --source hub` wrote."
+        )
+    if source.endswith(".json"):
         rows = [
             {
                 "instruction": r["instruction"],
@@ -128,30 +132,6 @@ def read_instruction_list(path: str) -> list[dict]:
     ):
         raise InputError(f'{p}: expected a JSON list of {{"instruction": ...}} records.')
     return data
-
-
-def _hub_instructions() -> list[dict]:
-    # NOT TESTED HERE: the development machine has no hub access. FACTS.md: alpaca_eval's own
-    # loader goes through a dataset script that datasets>=4 refuses; load_dataset may still read
-    # the repository's data files. Where it fails, the error says how to use a local copy.
-    import datasets
-
-    try:
-        ds = datasets.load_dataset("tatsu-lab/alpaca_eval", "alpaca_eval")["eval"]
-    except Exception as e:
-        raise InputError(
-            f"could not load tatsu-lab/alpaca_eval from the hub ({type(e).__name__}: {e}). Fix: "
-            "download alpaca_eval.json from that dataset repository and set "
-            "eval.alpaca.instructions to its path."
-        ) from None
-    return [
-        {
-            "instruction": r["instruction"],
-            "dataset": r["dataset"],
-            "messages": [{"role": "user", "content": r["instruction"]}],
-        }
-        for r in ds
-    ]
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -319,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _generation_arguments(m)
     m.set_defaults(fn=cmd_mtbench)
     a = sub.add_parser("alpaca", help="AlpacaEval model outputs")
-    a.add_argument("--instructions", required=True, help="dataset jsonl, `hub`, or a JSON list")
+    a.add_argument("--instructions", required=True, help="dataset jsonl or a JSON list")
     a.add_argument("--n-instructions", type=int, default=0, help="the first N (0: all)")
     a.add_argument("--temperature", type=float, default=0.0)
     _generation_arguments(a)

@@ -1,23 +1,33 @@
-"""Per-domain held-out perplexity and math accuracy of one model (DDK's and DAE's comparisons).
+"""Per-domain held-out cross-entropy, perplexity and math accuracy of one model.
 
-Perplexity: exp of the token-mean cross-entropy on the response tokens of each domain's
-held-out rows (the same measure DDK's re-weighting uses). Accuracy: the model answers each
-held-out math question greedily and `distill.data.math.answers_match` checks the answer.
+Used for DDK's and DAE's comparisons (the DDK rows and the math test split) and for the λ' sweep's
+teacher (the sweep's test split as both the CE rows and the questions), and a table over models.
 
-    python -m distill.eval.domains --model results/models/student_kd \
+Cross-entropy: the token-mean CE on the target tokens of each domain's rows (response tokens of
+chat rows), measured once per model by distill.objectives.ddk.domain_perplexity (the measure DDK's
+re-weighting uses); perplexity = exp(CE); "all" is the token-weighted mean over domains.
+Accuracy: the model answers each math question greedily and `response_is_correct` checks it.
+
+    python -m distill.eval.domains evaluate --model results/models/student_kd/seed0 \
         --valid results/data/instructions/valid.jsonl --math-test results/data/math/test.jsonl \
-        --max-len 160 --max-new-tokens 16 --out results/eval/domains/kd.json
+        --max-len 160 --precision bf16 --out results/eval/domains/kd/seed0.json
 
-    python -m distill.eval.domains table --results results/eval/domains/*.json \
-        --out results/eval/domains/accuracy.csv
+    # the λ' sweep's teacher on the sweep's test split (CE and accuracy for the figure's caption)
+    python -m distill.eval.domains evaluate --model results/models/<sweep teacher> \
+        --valid results/data/sweep_math/test.jsonl --math-test results/data/sweep_math/test.jsonl \
+        --max-len 160 --precision bf16 --out results/eval/sweep_teacher.json
+
+    # one row per model, mean ± 95 % interval over the seeds given (label=path, once per seed)
+    python -m distill.eval.domains table --results kd=results/eval/domains/kd/seed0.json \
+        kd=results/eval/domains/kd/seed1.json --out results/eval/domains/accuracy.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -48,61 +58,89 @@ def response_is_correct(response: str, answer: str) -> bool:
     return re.search(rf"\b{re.escape(answer.strip())}\b", first_line) is not None
 
 
+def domain_cross_entropy(model, examples, pad_id: int, device) -> dict[str, float]:
+    """{domain: token-mean CE, "all": token-weighted mean over domains} on the target tokens.
+
+    examples: distill.batching.Encoded rows; pad_id: the tokenizer's. One pass of
+    distill.objectives.ddk.domain_perplexity (the one per-domain CE of the project): its
+    perplexities are exp(CE) per domain.
+    """
+    ppl = domain_perplexity(model, examples, pad_id, device)
+    tokens: dict[str, int] = {}
+    for example in examples:
+        tokens[example.domain] = tokens.get(example.domain, 0) + int(example.target_mask.sum())
+    ce = {domain: math.log(p) for domain, p in ppl.items()}
+    total = sum(tokens[d] for d in ce)
+    ce["all"] = sum(ce[d] * tokens[d] for d in ppl) / total
+    return ce
+
+
+def math_accuracy(model, tokenizer, rows, max_new_tokens) -> tuple[dict, dict]:
+    """({domain: share correct, "all": micro-average}, {domain: questions, "all": total})."""
+    questions = [r["messages"][:-1] for r in rows]
+    replies = generate(model, tokenizer, questions, max_new_tokens, batch_size=16)
+    hits: dict[str, list[int]] = {}
+    for row, reply in zip(rows, replies, strict=True):
+        for key in (row["domain"], "all"):
+            counts = hits.setdefault(key, [0, 0])
+            counts[0] += response_is_correct(reply, row["answer"])
+            counts[1] += 1
+    keys = sorted(hits, key=lambda k: (k == "all", k))
+    return {k: hits[k][0] / hits[k][1] for k in keys}, {k: hits[k][1] for k in keys}
+
+
 def evaluate_model(model_dir, valid_rows, math_rows, max_len, max_new_tokens, precision) -> dict:
-    """{"ppl": {domain: ppl}, "accuracy": {domain: share correct}, "n": {domain: rows}}."""
+    """{"ce": {domain | "all": CE}, "ppl": {domain: exp(CE)}, "accuracy": {domain: share
+    correct}, "n": {domain: questions}, "accuracy_all", "n_all"}."""
     model, tokenizer = load_for_generation(model_dir, precision)
     examples = encode_examples(tokenizer, valid_rows, max_len)
-    ppl = domain_perplexity(model, examples, tokenizer.pad_token_id, model.device)
-    questions = [r["messages"][:-1] for r in math_rows]
-    answers = generate(model, tokenizer, questions, max_new_tokens, batch_size=16)
-    correct: dict[str, list[int]] = {}
-    for row, answer in zip(math_rows, answers, strict=True):
-        hits = correct.setdefault(row["domain"], [0, 0])
-        hits[0] += response_is_correct(answer, row["answer"])
-        hits[1] += 1
+    ce = domain_cross_entropy(model, examples, tokenizer.pad_token_id, model.device)
+    accuracy, n = math_accuracy(model, tokenizer, math_rows, max_new_tokens)
     return {
         "model": str(model_dir),
-        "ppl": ppl,
-        "accuracy": {d: h / n for d, (h, n) in sorted(correct.items())},
-        "n": {d: n for d, (_, n) in sorted(correct.items())},
+        "ce": ce,
+        "ppl": {d: math.exp(v) for d, v in ce.items() if d != "all"},
+        "accuracy": {d: a for d, a in accuracy.items() if d != "all"},
+        "n": {d: k for d, k in n.items() if d != "all"},
+        "accuracy_all": accuracy["all"],
+        "n_all": n["all"],
     }
 
 
-def table(paths: list[str]) -> pd.DataFrame:
-    """One row per model: accuracy per math domain and overall (micro-average)."""
-    rows = []
-    for path in paths:
-        result = json.loads(Path(path).read_text())
-        row = {"model": Path(path).stem}
-        row.update({f"acc_{d}": round(a, 4) for d, a in result["accuracy"].items()})
+def read_result(path: str) -> dict:
+    """A result JSON of `evaluate`, with accuracy_all filled for files written before it."""
+    result = json.loads(Path(path).read_text())
+    if "accuracy_all" not in result:
         total = sum(result["n"].values())
-        row["acc_all"] = round(
-            sum(result["accuracy"][d] * n for d, n in result["n"].items()) / total, 4
-        )
-        row.update({f"ppl_{d}": round(p, 3) for d, p in result["ppl"].items()})
+        result["accuracy_all"] = sum(result["accuracy"][d] * n for d, n in result["n"].items())
+        result["accuracy_all"] /= total
+    return result
+
+
+def table(specs: list[str]) -> pd.DataFrame:
+    """One row per label: the mean over its seeds of overall and per-domain accuracy and
+    perplexity, the half-width of the 95 % t-interval of overall accuracy, and n (seeds)."""
+    from distill.plots.common import mean_interval, parse_runs
+
+    rows = []
+    for label, paths in parse_runs(specs, "--results").items():
+        flat = []
+        for path in paths:
+            result = read_result(path)
+            one = {"acc_all": result["accuracy_all"]}
+            one.update({f"acc_{d}": a for d, a in result["accuracy"].items()})
+            one.update({f"ppl_{d}": p for d, p in result["ppl"].items()})
+            flat.append(one)
+        frame = pd.DataFrame(flat)
+        row = {"model": label, "n": len(paths)}
+        row.update(frame.mean().round(4).to_dict())
+        _, half, _ = mean_interval(frame[["acc_all"]].to_numpy())
+        row["acc_all_ci95"] = round(float(half[0]), 4)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["table"]:
-        parser = argparse.ArgumentParser(description="Per-domain results of several models.")
-        parser.add_argument("table")
-        parser.add_argument("--results", nargs="+", required=True)
-        parser.add_argument("--out", required=True)
-        args = parser.parse_args()
-        with atomic_path(args.out) as tmp:
-            table(args.results).to_csv(tmp, index=False)
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--valid", required=True)
-    parser.add_argument("--math-test", required=True)
-    parser.add_argument("--max-len", type=int, default=256)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--precision", default="bf16")
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
+def cmd_evaluate(args: argparse.Namespace) -> None:
     log = setup_logging()
     torch.manual_seed(0)
     result = evaluate_model(
@@ -110,7 +148,32 @@ def main() -> None:
         args.max_new_tokens, args.precision,
     )  # fmt: skip
     write_json(args.out, result)
-    log.info("%s: accuracy %s", args.model, result["accuracy"])
+    log.info("%s: CE %.4f, accuracy %.4f", args.model, result["ce"]["all"], result["accuracy_all"])
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    with atomic_path(args.out) as tmp:
+        table(args.results).to_csv(tmp, index=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    one = sub.add_parser("evaluate", help="CE, perplexity and accuracy of one model")
+    one.add_argument("--model", required=True)
+    one.add_argument("--valid", required=True, help="rows whose per-domain CE is measured")
+    one.add_argument("--math-test", required=True, help="rows with an `answer` to ask")
+    one.add_argument("--max-len", type=int, required=True)
+    one.add_argument("--max-new-tokens", type=int, default=16, help="tokens per math answer")
+    one.add_argument("--precision", required=True, choices=["bf16", "fp32"])
+    one.add_argument("--out", required=True)
+    one.set_defaults(run=cmd_evaluate)
+    many = sub.add_parser("table", help="one row per model (mean over seeds)")
+    many.add_argument("--results", nargs="+", required=True, help="label=path, once per seed")
+    many.add_argument("--out", required=True)
+    many.set_defaults(run=cmd_table)
+    args = parser.parse_args(argv)
+    args.run(args)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,24 @@ a judge from a YAML (or JSON) mapping with `judge_from_config`, e.g. for an Open
     backoff_base_s: 1.0          # retry k waits about base * 2**k seconds (jittered), at most:
     backoff_max_s: 60
 
-The interface (`Judge`):
+The interface (`Judge`, a typed Protocol that both judges implement in full):
+- `name`: the judge's model name, written into judgment records.
+- `rating`: "generate" (the judge writes its verdict: FastChat's [[x]], alpaca_eval_gpt4's
+  ranking) or "expected" (the verdict is read from its next-token probabilities; in-process only).
 - `complete(messages, *, max_tokens, temperature) -> str`: the reply text to a chat
   (`messages` = [{"role": "system"|"user"|"assistant", "content": str}, ...]).
 - `choice_logprobs(messages, choices) -> {choice: logprob}`: the log-probability that the next
   token is each single-token choice (-inf when the judge does not rank it among its top
   candidates). AlpacaEval's weighted protocol reads P("m") and P("M") from it.
-- `name`: the judge's model name, written into judgment records.
-`judge_map(judge, fn, items)` runs `fn` over items with the judge's own concurrency.
-A judge may also carry `rating` ("generate" or "expected") and, for "expected", `rate(messages)
--> (score, text)`: MT-Bench judging reads it (see TransformersJudge).
+- `continuation_logprobs(messages, prefill, continuations) -> {continuation: logprob}`: the
+  log-probability of each whole continuation after the assistant's turn is prefilled with
+  `prefill` (rating "expected" only: AlpacaEval 1.0 reads P("model_1") against P("model_2")).
+- `rate(messages) -> (score, text)`: the expected MT-Bench rating (rating "expected" only).
+- `map(fn, items) -> list`: `[fn(x) for x in items]` with the judge's own concurrency.
+An OpenAI-compatible server cannot be prefilled: its `rate` and `continuation_logprobs` raise
+JudgeRequestError, and `judge_from_config` refuses `rating: expected` for it.
+`check_judge_ready(judge_config)` checks, before any job starts, what a judge needs from the
+environment (the API key of kind openai).
 
 Two judges (`judge_from_config` picks one by `kind`):
 - `kind: openai` (OpenAIJudge below): any OpenAI-compatible server; MT-Bench ratings are parsed
@@ -66,8 +74,9 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
+from distill.generation import chat_prompt
 from distill.io import InputError
 
 log = logging.getLogger(__name__)
@@ -76,6 +85,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 Messages = list[dict[str, str]]
+Rating = Literal["generate", "expected"]
 
 
 @runtime_checkable
@@ -83,17 +93,45 @@ class Judge(Protocol):
     """What MT-Bench and AlpacaEval scoring need from a judge (see the module docstring)."""
 
     name: str
+    rating: Rating
 
     def complete(self, messages: Messages, *, max_tokens: int, temperature: float) -> str: ...
 
     def choice_logprobs(self, messages: Messages, choices: list[str]) -> dict[str, float]: ...
 
+    def continuation_logprobs(
+        self, messages: Messages, prefill: str, continuations: list[str]
+    ) -> dict[str, float]: ...
+
+    def rate(self, messages: Messages) -> tuple[float, str]: ...
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]: ...
+
+
+def check_judge_ready(judge_config: Mapping[str, Any]) -> None:
+    """Raise InputError when the judge cannot run in this environment (before any job starts).
+
+    judge_config: the config's `eval.judge` section. Kind openai with `api_key_env` set needs that
+    environment variable to hold a key; an in-process judge needs nothing from the environment.
+    """
+    if judge_config.get("kind") != "openai" or not judge_config.get("api_key_env"):
+        return
+    name = judge_config["api_key_env"]
+    if not os.environ.get(name, "").strip():
+        base_url = judge_config.get("base_url") or "OpenAI's API"
+        raise InputError(
+            f"config eval.judge: the judge {judge_config.get('model')!r} at {base_url} reads its "
+            f"API key from the environment variable {name} (eval.judge.api_key_env), which is "
+            f"not set or empty, so every judging job would fail after the GPU jobs before it had "
+            f"run. Fix: `export {name}=<your key>` in the shell that starts snakemake (SLURM jobs "
+            "inherit it), or, for a server that needs no key (a local vLLM), set "
+            "eval.judge.api_key_env: null."
+        )
+
 
 def judge_map(judge: Judge, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
-    """`[fn(x) for x in items]`, in order, run with the judge's concurrency if it has any."""
-    if hasattr(judge, "map"):
-        return judge.map(fn, items)
-    return [fn(x) for x in items]
+    """`[fn(x) for x in items]`, in order, run with the judge's own concurrency."""
+    return judge.map(fn, items)
 
 
 class JudgeError(RuntimeError):
@@ -301,6 +339,7 @@ class OpenAIJudge:
             raise InputError("judge config: max_concurrency must be >= 1 and max_retries >= 0.")
         self.name = model
         self.model = model
+        self.rating: Rating = "generate"  # a server writes its verdicts (no prefill possible)
         self.max_concurrency = max_concurrency
         self.max_retries = max_retries
         self.backoff_base_s = backoff_base_s
@@ -355,6 +394,20 @@ class OpenAIJudge:
         }
         reply = self._call(messages, params, want_logprobs=True)
         return logprobs_of_choices(reply["top_logprobs"], choices)
+
+    def continuation_logprobs(
+        self, messages: Messages, prefill: str, continuations: list[str]
+    ) -> dict[str, float]:
+        raise JudgeRequestError(self._no_prefill("continuation log-probabilities"))
+
+    def rate(self, messages: Messages) -> tuple[float, str]:
+        raise JudgeRequestError(self._no_prefill("an expected rating"))
+
+    def _no_prefill(self, what: str) -> str:
+        return (
+            f"{self.endpoint}: {what} needs a prefilled assistant turn, which a chat-completions "
+            "server cannot continue. Fix: set eval.judge.rating: generate for kind openai."
+        )
 
     def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """`[fn(x) for x in items]` with at most `max_concurrency` requests in flight.
@@ -537,8 +590,9 @@ class TransformersJudge:
             )
         self.model, self.tokenizer = load_for_generation(str(model_dir), precision)
         self.name = name or Path(model_dir).name
-        self.rating = mode  # read by MT-Bench judging: "generate" parses [[x]], "expected" rates
+        self.rating: Rating = mode  # "generate": written verdicts; "expected": read from P(token)
         self.max_new_tokens = max_new_tokens
+        self._rating_ids: tuple[list[int], int | tuple[int, int]] | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], where: str = "judge") -> TransformersJudge:
@@ -570,25 +624,63 @@ class TransformersJudge:
         logprobs, _ = self._next_token_logprobs(messages, "")
         return {c: float(logprobs[self._one_token(c)]) for c in choices}
 
+    def continuation_logprobs(
+        self, messages: Messages, prefill: str, continuations: list[str]
+    ) -> dict[str, float]:
+        """log P(continuation | chat template + prefill) for each continuation: the sum over the
+        tokens of the whole text from where it leaves the prompt's own tokens (so a tokenizer
+        that merges across the boundary is honoured).
+
+        The prompt runs once; the tokens all continuations share next (for "model_1" against
+        "model_2": "model_"), once; each one's own tokens then continue a copy of that KV cache
+        (usually one token, read from the shared run's last position).
+        """
+        import copy
+
+        text = chat_prompt(self.tokenizer, messages)
+        head = self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"]
+        full = {
+            c: self.tokenizer(text + prefill + c, add_special_tokens=False)["input_ids"]
+            for c in continuations
+        }
+        start = _common_prefix_length([head, *full.values()])
+        shared = _common_prefix_length(list(full.values()))
+        if start == 0 or any(len(ids) == shared for ids in full.values()):
+            raise ValueError(f"continuations {continuations} do not differ after a shared prompt")
+        ids = full[continuations[0]]
+        next_logprobs, cache = self._forward(ids[:start], cache=None)
+        shared_logprob = 0.0
+        if shared > start:  # the shared tokens: their log-probs, and the next one's distribution
+            shared_logprob = float(next_logprobs[ids[start]])
+            steps, cache = self._forward(ids[start:shared], cache=cache, all_positions=True)
+            shared_logprob += sum(
+                float(steps[k, ids[start + k + 1]]) for k in range(len(steps) - 1)
+            )
+            next_logprobs = steps[-1]
+        out = {}
+        for c, c_ids in full.items():
+            own = c_ids[shared:]
+            out[c] = shared_logprob + float(next_logprobs[own[0]])
+            if len(own) > 1:
+                steps, _ = self._forward(own[:-1], cache=copy.deepcopy(cache), all_positions=True)
+                out[c] += sum(float(steps[k, own[k + 1]]) for k in range(len(own) - 1))
+        return out
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """`[fn(x) for x in items]`: one model in one process judges one item at a time."""
+        return [fn(x) for x in items]
+
     # -- the expected rating --
 
     def rating_probs(self, messages: Messages) -> tuple[list[float], float]:
         """(P(1..10) renormalised, rating_mass before renormalising); see the class docstring."""
-        import torch
-
         first, cache = self._next_token_logprobs(messages, RATING_PREFILL)
         digits, ten = self._rating_tokens()
         p = [math.exp(float(first[t])) for t in digits]  # P("1") .. P("9")
         if isinstance(ten, int):
             p.append(math.exp(float(first[ten])))
         else:  # "10" is "1" "0": one more step after "1", reusing the prompt's KV cache
-            with torch.no_grad():
-                out = self.model(
-                    input_ids=torch.tensor([[digits[0]]], device=self.model.device),
-                    use_cache=True,
-                    **{self._cache_kwarg(): cache},
-                )
-            second = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            second, _ = self._forward([digits[0]], cache=cache)
             p_zero = math.exp(float(second[ten[1]]))
             p_one = p[0]
             p[0] = p_one * (1.0 - p_zero)
@@ -611,24 +703,34 @@ class TransformersJudge:
     # -- internals --
 
     def _prompt_ids(self, messages: Messages, prefill: str):
-        text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
+        text = chat_prompt(self.tokenizer, messages)
         return self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"], text
 
     def _next_token_logprobs(self, messages: Messages, prefill: str):
         """(log-softmax of the next token (V,) in fp32, the KV cache) after chat + prefill."""
+        ids, _ = self._prompt_ids(messages, prefill)
+        return self._forward(ids, cache=None)
+
+    def _forward(self, ids: list[int], cache, all_positions: bool = False):
+        """Run token ids (after `cache`, if any). -> (fp32 log-softmax of the next token (V,),
+        or of every position (T, V) with all_positions; the KV cache after them)."""
         import torch
 
-        ids, _ = self._prompt_ids(messages, prefill)
+        kwargs = {} if cache is None else {self._cache_kwarg(): cache}
         with torch.no_grad():
             out = self.model(
                 input_ids=torch.tensor([ids], device=self.model.device),
                 use_cache=True,
-                logits_to_keep=1,  # only the last position's logits: no (T, V) tensor
+                logits_to_keep=0 if all_positions else 1,  # 1: no (T, V) tensor for a prompt
+                **kwargs,
             )
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        return torch.log_softmax(out.logits[0, -1].float(), dim=-1), cache
+        logits = out.logits[0].float() if all_positions else out.logits[0, -1].float()
+        # transformers 5.24 (pinned) names the returned KV cache `cache`, earlier 5.x releases
+        # `past_key_values` (see _cache_kwarg): read whichever this version returns.
+        returned = getattr(out, "cache", None)
+        return torch.log_softmax(logits.cpu(), dim=-1), (
+            returned if returned is not None else out.past_key_values
+        )
 
     def _cache_kwarg(self) -> str:
         # transformers 5.24 (pinned) names the KV cache `cache` and warns on `past_key_values`;
@@ -646,7 +748,7 @@ class TransformersJudge:
 
     def _rating_tokens(self) -> tuple[list[int], int | tuple[int, int]]:
         """Token ids of "1".."9" right after "Rating: [[", and of "10" (one id, or two)."""
-        if hasattr(self, "_rating_ids"):
+        if self._rating_ids is not None:
             return self._rating_ids
         base = self.tokenizer.encode(RATING_PREFILL, add_special_tokens=False)
 
@@ -684,6 +786,16 @@ class TransformersJudge:
 
 
 # -------------------------------------------------------------------------------------------------
+
+
+def _common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence shares."""
+    n = 0
+    for column in zip(*sequences, strict=False):
+        if len(set(column)) > 1:
+            break
+        n += 1
+    return n
 
 
 class _Stopped(JudgeUnavailableError):

@@ -3,13 +3,15 @@
 Launch:
 
     # judge answer files (FastChat's model_answer format) -> judgments (gen_judgment.py's format)
-    python -m distill.eval.mtbench judge --answers results/eval/mtbench/answers/student.jsonl \\
+    python -m distill.eval.mtbench judge \\
+        --answers results/eval/mtbench/seed0/answers/student.jsonl \\
         --data-dir results/eval/mtbench/data --judge-config judge.yaml \\
-        --out results/eval/mtbench/judgments/student.jsonl
+        --out results/eval/mtbench/seed0/judgments/student.jsonl
 
     # judgments -> per-model table (turn1, turn2, overall, 8 category means)
-    python -m distill.eval.mtbench score --judgments results/eval/mtbench/judgments/*.jsonl \\
-        --questions results/eval/mtbench/data/question.jsonl --out results/eval/mtbench/scores.csv
+    python -m distill.eval.mtbench score --judgments results/eval/mtbench/seed0/judgments/*.jsonl \\
+        --questions results/eval/mtbench/data/question.jsonl \\
+        --out results/eval/mtbench/seed0/scores.csv
 
 Formats (FastChat's, so files move between this project and FastChat):
 - question.jsonl: {"question_id": int, "category": str, "turns": [str, str], ("reference": [..])}
@@ -400,7 +402,7 @@ def judge_answers(judge, requests: Sequence[JudgeRequest]) -> list[dict]:
     """
     from distill.eval.judges import judge_map
 
-    expected = getattr(judge, "rating", "generate") == "expected"
+    expected = judge.rating == "expected"
 
     def one(r: JudgeRequest) -> dict:
         if expected:

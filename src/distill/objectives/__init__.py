@@ -9,7 +9,10 @@ An objective is a small class with
   - `on_step_start(step, student) -> dict`: a hook run before each step (DDK re-weights there);
     returns values to log;
   - `sampler`: None (the loop's seeded epochs) or an object with `next_batch(n)`/`state_dict()`;
-  - `parameters()`, `state_dict()`, `load_state_dict()`: extra trainable/saved state.
+  - `parameters()`, `state_dict()`, `load_state_dict()`: extra trainable/saved state. The loop
+    trains `parameters()` with an AdamW of their own, starts them from rank 0's values and
+    averages their gradients over processes (they are outside DDP/FSDP): an objective
+    does no synchronisation of its own.
 The constructor gets `(settings, **context)`; context: student, train_rows, train_examples,
 valid_examples, tokenizer, accelerator, seed, train_path, max_len.
 Adding an objective means adding a module here and a line in OBJECTIVES; nothing else changes.

@@ -9,7 +9,9 @@ Both teachers come from their caches (`teacher_source: cache`) or run online. Th
 once per micro-batch; the loss is the sum over the two groups of samples, each divided by the
 same window normaliser, so it is the token mean over the whole window.
 
-Extra settings: expert (model dir), expert_cache (dir), domains (list of routed domains).
+Settings: the `dae:` block of the config schema, the rest of the loss family from the `kd:`
+block's defaults (distill.objectives.kd.complete_settings), plus expert (model dir),
+expert_cache (dir) and domains (list of routed domains).
 
     python -m distill.train --objective dae --student results/models/student_kd \
         --objective-settings '{"teacher": "results/models/teacher", "expert": \
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from distill.fused_kd import LinearHead
 from distill.io import InputError
 from distill.objectives.kd import KD
 from distill.teachers import LocalTeacher
@@ -32,6 +35,7 @@ def route_to_expert(domains: list[str], expert_domains: set[str]) -> torch.Tenso
 
 
 class DAE(KD):
+    schema_blocks = ("dae", "kd")  # the loss family's other keys: the kd block's defaults
     extra_settings = ("expert", "expert_cache", "domains")
 
     def __init__(self, settings: dict, **context):
@@ -57,34 +61,30 @@ class DAE(KD):
             )
         return self.expert.forward(batch).logits
 
+    def general_logits(self, batch):
+        online = self.teacher.forward(batch) if self.teacher is not None else None
+        return self.teacher_logits(batch, online)
+
     def loss(self, model, batch, normaliser):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        _, _, student = self.student_forward(model, batch)
         domains = [self.row_domains[i] for i in batch["index"].tolist()]
-        to_expert = route_to_expert(domains, self.domains).to(logits.device)
+        to_expert = route_to_expert(domains, self.domains).to(batch["input_ids"].device)
         terms = {}
         for name, rows in (("pred_expert", to_expert), ("pred_general", ~to_expert)):
             if not rows.any():
-                terms[name] = (
-                    logits.sum() * 0.0
-                )  # keeps the graph: DDP needs every rank to backward
+                # Keeps the graph: DDP needs every rank to backward through the same parameters.
+                terms[name] = _zero_like(student)
                 continue
             part = {k: v[rows.to(v.device)] for k, v in batch.items()}
-            if name == "pred_expert":
-                teacher = self.expert_logits(part)
-            else:
-                teacher = self.teacher_logits(
-                    part, self.teacher.forward(part) if self.teacher is not None else None
-                )
+            teacher = (
+                self.expert_logits(part) if name == "pred_expert" else self.general_logits(part)
+            )
             terms[name] = self.prediction_loss(
-                logits[rows], teacher, part["target_mask"], normaliser
+                _select(student, rows), teacher, part["target_mask"], normaliser
             )
         total = self.settings["lam"] * (terms["pred_expert"] + terms["pred_general"])
         if self.settings["lam"] < 1:
-            from distill import losses
-
-            terms["ce"] = losses.cross_entropy(
-                logits, batch["labels"], batch["target_mask"], num_tokens=normaliser
-            )
+            terms["ce"] = self.ce_loss(student, batch["labels"], batch["target_mask"], normaliser)
             total = total + (1 - self.settings["lam"]) * terms["ce"]
         terms["expert_share"] = to_expert.float().mean()
         return {"loss": total, **terms}
@@ -96,3 +96,15 @@ class DAE(KD):
         # in KD-DAE's setting, so 2·N_teacher per token is the estimate.
         teacher = (self.teacher or self.expert).flops_per_token * tokens if online else 0.0
         return 6.0 * n_params * tokens + teacher
+
+
+def _select(student, rows: torch.Tensor):
+    """The batch rows `rows` (B,) bool of the student side (logits or a LinearHead)."""
+    return student.select(rows) if isinstance(student, LinearHead) else student[rows]
+
+
+def _zero_like(student) -> torch.Tensor:
+    """A 0 connected to the student side's graph (hidden states and projection, or logits)."""
+    if isinstance(student, LinearHead):
+        return student.hidden.sum() * 0.0 + student.weight.sum() * 0.0
+    return student.sum() * 0.0

@@ -3,7 +3,7 @@
 Every `interval` steps (the paper's K) the student's and the teacher's perplexities are measured
 per domain on held-out rows; the domain weights are updated from the ratios ℓ_S/ℓ_T (Eq. 1, and
 Eq. 2's factor smooth updating, in distill.ddk) and the next K steps draw their batches by them.
-The loss is CE + γ·D(p_T, p_S) at temperature T on the response tokens.
+The loss is CE + γ·D(p_T, p_S) at temperature T on the target tokens (distill.batching).
 
 KL direction: the default `forward_kl`, KL(p_T‖p_S). The paper writes its distillation term as
 KL(softmax(z_s/T), softmax(z_t/T)) — in the usual notation that is KL(p_S‖p_T) — while its text
@@ -13,9 +13,17 @@ comparison isolates the re-weighting, and forward KL is the direction a top-k te
 approximates well (the teacher's top-k tokens carry its mass; reverse KL weighs the student's
 mass, which may sit outside the teacher's top-k). `divergence: reverse_kl` gives the other reading.
 
-Modes (config `ddk.mode`): `ddk` (Eq. 2), `no_smoothing` (Eq. 1 at each interval), `equal`
-(uniform over domains, never updated), `natural` (no re-weighting: the data's own mixture in
-seeded epochs — plain "uniform KD" with the same loss).
+Modes (`distill.ddk.MODES`, config `ddk.modes`): `ddk` (Eq. 1, then Eq. 2), `no_smoothing` (Eq. 1
+at each interval), `equal` (uniform over domains, never updated), `natural` (no re-weighting: the
+data's own mixture in seeded epochs — plain "uniform KD" with the same loss).
+
+The paper's settings (docs/published.md, DDK): α 0.5, K 1000, γ 0.2, T 1, 500 held-out rows per
+domain; the schema's `ddk` defaults are these, and settings missing from `--objective-settings`
+are filled from them (distill.config), never from a second table here. `mode` and `teacher` have
+no default. The student may be any model directory (`ddk.student`: a fresh slice of the teacher,
+a `models.extra` model or a trained workflow model such as `sft`): nothing here assumes a fresh
+init. Rows may be chat conversations (loss on the assistant turns) or plain text (loss on all
+tokens): the perplexities, like the loss, follow the batching module's target_mask.
 
     python -m distill.train --objective ddk --objective-settings '{"teacher": ..., "cache": ...,
         "teacher_source": "cache", "mode": "ddk", "interval": 10, "alpha": 0.5, "gamma": 0.2}' ...
@@ -33,12 +41,24 @@ from distill.batching import collate
 from distill.io import InputError
 from distill.objectives.kd import KD
 
-MODES = ("ddk", "no_smoothing", "equal", "natural")
+# Objective settings that are keys of the schema's `ddk` block (defaults filled from there).
+SCHEMA_KEYS = ("interval", "alpha", "gamma", "valid_per_domain", "divergence", "temperature",
+               "teacher_source")  # fmt: skip
+
+
+def with_schema_defaults(settings: dict) -> dict:
+    """`settings` with the missing SCHEMA_KEYS filled from the schema's `ddk` defaults."""
+    from distill.config import validate_config
+
+    defaults = validate_config({})["ddk"]
+    return {**{k: defaults[k] for k in SCHEMA_KEYS}, **settings}
 
 
 @torch.no_grad()
 def domain_perplexity(model, examples, pad_id, device, batch_size=8, autocast=None) -> dict:
-    """Token-level perplexity exp(mean CE) on response tokens, per domain. -> {domain: ppl}."""
+    """Token-level perplexity exp(mean CE) on each example's target tokens (response tokens of
+    chat rows, every token of text rows: distill.batching's target_mask), per domain.
+    -> {domain: ppl}; an example without a target token counts for nothing."""
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
@@ -52,6 +72,8 @@ def domain_perplexity(model, examples, pad_id, device, batch_size=8, autocast=No
         for b, example in enumerate(chunk):
             mask = batch["target_mask"][b : b + 1]
             n = int(mask.sum())
+            if n == 0:
+                continue
             ce = float(losses.cross_entropy(logits[b : b + 1], batch["labels"][b : b + 1], mask))
             total = sums.setdefault(example.domain, [0.0, 0])
             total[0] += ce * n
@@ -64,10 +86,12 @@ class DDK(KD):
     extra_settings = ("mode", "interval", "alpha", "gamma", "valid_per_domain")
 
     def __init__(self, settings: dict, **context):
-        settings = {"mode": "ddk", "interval": 1000, "alpha": 0.5, "gamma": 0.2,
-                    "valid_per_domain": 500, "lam": 1.0, **settings}  # fmt: skip
-        if settings["mode"] not in MODES:
-            raise InputError(f"ddk.mode `{settings['mode']}`: choose one of {', '.join(MODES)}.")
+        settings = with_schema_defaults(settings)
+        if settings.get("mode") not in ddk.MODES:
+            raise InputError(
+                f"--objective-settings: ddk `mode` is {settings.get('mode')!r}; choose one of "
+                f"{', '.join(ddk.MODES)} (config ddk.modes)."
+            )
         super().__init__(settings, **context)
         s = self.settings
         by_domain: dict[str, list[int]] = {}
@@ -113,10 +137,9 @@ class DDK(KD):
         )
         ppl_s = np.array([student_ppl[d] for d in self.domains])
         ppl_t = np.array([self.teacher_ppl[d] for d in self.domains])
-        if s["mode"] == "ddk" and step > 0:
-            self.weights = ddk.update_domain_weights(self.weights, ppl_s, ppl_t, s["alpha"])
-        elif s["mode"] in ("ddk", "no_smoothing"):  # the first interval starts from Eq. 1
-            self.weights = ddk.initial_domain_weights(ppl_s, ppl_t)
+        self.weights = ddk.interval_weights(
+            s["mode"], self.weights, ppl_s, ppl_t, s["alpha"], first=step == 0
+        )
         if self.sampler is not None:
             self.sampler.set_weights(self.weights)
         logs = {}

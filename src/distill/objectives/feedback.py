@@ -1,28 +1,42 @@
-"""Teacher-feedback SFT (seed 001): the SFT loss measured against the teacher's, plus λ' times the
-reverse KL to the teacher on the student's own samples.
+"""Teacher-feedback SFT (the λ' sweep of the source work "Knowledge distillation of large language
+models"): the SFT loss measured against the teacher's, plus λ' times the reverse KL to the
+teacher on the student's own samples, all inside λ.
 
-For a training example with prompt x and data response,
+For a training example with prompt x and data response, exactly as the source writes it (λ
+multiplies the whole bracket, the λ' term included):
 
-    Loss(x) = λ·( KL(p_data(·|x) ‖ p_θ(·|x)) − KL(p_data(·|x) ‖ p_T(·|x)) )
-            + λ'·∫dy p_θ(y|x) KL( p_θ(·|x,y) ‖ p_T(·|x,y) )
+    Loss(x) = λ·( KL(p_data(·|x) ‖ p_θ(·|x)) − KL(p_data(·|x) ‖ p_T(·|x))
+                  + λ'·∫dy p_θ(y|x) KL( p_θ(·|x,y) ‖ p_T(·|x,y) ) )
 
-* The first bracket. With a one-hot p_data the entropy of p_data cancels between the two KLs, so
-  the bracket is CE_student − CE_teacher on the data's response tokens (`ce_student`,
-  `ce_teacher`, `sft_term` = λ·bracket). CE_teacher does not depend on θ: it adds nothing to the
-  gradient, but it is part of the loss VALUE (the λ' = 0 curve is CE_student − CE_teacher, below 0
-  once the student beats the teacher on the data), and it is logged.
-* The last term (`feedback_kl`). Per micro-batch we draw one continuation y ~ p_θ(·|x) for each
-  example's prompt x (its tokens before the response) with the student itself (temperature, top_p,
-  max_new_tokens; KV cache; stopped at the first EOS, which is kept as the last sampled token),
-  then run student and teacher on (x, y) and take the reverse KL KL(p_θ ‖ p_T) per token on the
-  rows that predict a sampled token only (never the prompt, never the padding after EOS). The
-  sampling runs under torch.no_grad: the gradient is that of the per-token KL at fixed y and
-  ignores the score-function term ∇θ log p_θ(y|x)·KL of the expectation over y. This is the usual
+* The first two terms. With a one-hot p_data the entropy of p_data cancels between the two KLs,
+  so they are CE_student − CE_teacher on the data's response tokens (`ce_student`, `ce_teacher`;
+  `sft_term` = λ·(CE_student − CE_teacher)). CE_teacher does not depend on θ: it adds nothing to
+  the gradient, but it is part of the loss VALUE (the λ' = 0 curve is λ·(CE_student −
+  CE_teacher), below 0 once the student beats the teacher on the data), and it is logged.
+* The last term (`feedback_kl`, logged without its factors; the loss adds λ·λ'·feedback_kl). Per
+  micro-batch we draw one continuation y ~ p_θ(·|x) for each example's prompt x (its tokens
+  before the last assistant turn, with the generation prompt: `batch["prompt_len"]`) with the
+  student itself (temperature, top_p, max_new_tokens; KV cache; stopped at the first EOS, which
+  is kept as the last sampled token), then run student and
+  teacher on (x, y) and take the reverse KL KL(p_θ ‖ p_T) per token on the rows that predict a
+  sampled token only (never the prompt, never the padding after EOS). The sampling runs under
+  torch.no_grad: the gradient is that of the per-token KL at fixed y and ignores the
+  score-function term ∇θ log p_θ(y|x)·KL of the expectation over y. This is the usual
   on-policy distillation estimator (GKD, Agarwal et al. 2023, arXiv 2306.13649; MiniLLM's
   single-step part, Gu et al. 2023, arXiv 2306.08543); it is biased for the ∫dy term as written.
 * Only per-token log-probabilities of the teacher are used, through `distill.teachers.Teacher`
-  (full logits or a `TopKTeacher`): never its weights. The student is needed whole in every
-  process (it samples): FSDP and DeepSpeed ZeRO-3 are refused.
+  (full logits or a `TopKTeacher`): never its weights.
+
+Launch (`check_launch`, for the workflow to call when it plans the DAG). The student must be
+whole in every process (it samples, and the held-out gap runs it unwrapped) and the teacher is
+loaded whole in every process anyway, so sharding (FSDP, DeepSpeed) saves nothing and breaks
+sampling: one process, or several under plain DDP (`distributed: ddp`), each holding student
+and teacher. One GPU per λ' run is the natural launch: the runs are independent, so five λ' run
+side by side on five GPUs with no communication, and a 0.27B student with an 8B teacher fits one
+80 GB card (about 16 GB of bf16 teacher weights, 4.4 GB of fp32 student weights, gradients and
+AdamW state, plus the activations and the (B, T, 128,256) logits). The job refuses FSDP and
+ZeRO-3 again at start (`_check_whole_student`), and `check_tokenizer_sources` lets the workflow
+refuse a student whose vocabulary is not the teacher's before any job runs (the job checks too).
 
 Normalisation. The SFT terms are divided by the loop's normaliser (the data target tokens of the
 window, see distill.train). The feedback term has its own token count: each micro-batch's term is
@@ -45,8 +59,10 @@ FLOPs of a micro-batch (`flops`, 2·N per token for a forward, 6·N for forward+
 6·N·(tokens of (x, y)) + 2·N_T·(tokens of (x, y)). `sampled_tokens` logs the sampled tokens of the
 step over all processes.
 
-Objective settings (JSON): lam, lam_prime, teacher (model dir), temperature, top_p,
-max_new_tokens, grad_accum, eval_every, heldout_examples, heldout_batch_size.
+Objective settings (JSON): lam_prime and teacher (a model directory), required; lam,
+temperature, top_p, max_new_tokens, heldout_examples, heldout_batch_size (schema: `sweep.<key>`)
+and grad_accum, eval_every (schema: `train.<key>`), filled from the schema's defaults when
+missing (`with_schema_defaults`).
 
     python -m distill.train --objective feedback --student results/models/sweep_student_init \
         --train results/data/sweep_math/train.jsonl --valid results/data/sweep_math/valid.jsonl \
@@ -66,33 +82,109 @@ from distill.io import InputError
 from distill.objectives import Objective
 from distill.teachers import LocalTeacher
 
-DEFAULTS = {
-    "lam": 1.0,
-    "lam_prime": 0.0,
-    "teacher": None,
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "max_new_tokens": 16,
-    "grad_accum": 1,
-    "eval_every": 10,
-    "heldout_examples": 64,
-    "heldout_batch_size": 16,
+# Settings filled from the schema when missing: setting -> (schema block, key).
+SCHEMA_KEYS = {
+    "lam": ("sweep", "lam"),
+    "temperature": ("sweep", "temperature"),
+    "top_p": ("sweep", "top_p"),
+    "max_new_tokens": ("sweep", "max_new_tokens"),
+    "heldout_examples": ("sweep", "heldout_examples"),
+    "heldout_batch_size": ("sweep", "heldout_batch_size"),
+    "grad_accum": ("train", "grad_accum"),
+    "eval_every": ("train", "eval_every"),
 }
+REQUIRED = ("lam_prime", "teacher")
+# `distributed` values under which several processes can run this objective (see the docstring).
+WHOLE_MODEL_LAUNCHES = ("ddp",)
+
+
+def with_schema_defaults(settings: dict) -> dict:
+    """`settings` checked for unknown and missing required keys, the rest filled from the schema."""
+    from distill.config import validate_config
+
+    known = set(SCHEMA_KEYS) | set(REQUIRED)
+    unknown = set(settings) - known
+    if unknown:
+        raise InputError(
+            f"--objective-settings: unknown keys {sorted(unknown)} for objective feedback; "
+            f"known: {sorted(known)}."
+        )
+    missing = [k for k in REQUIRED if settings.get(k) is None]
+    if missing:
+        raise InputError(
+            f"--objective-settings: objective feedback needs {missing} (lam_prime: the run's λ', "
+            "one of sweep.lambdas; teacher: the sweep teacher's model directory)."
+        )
+    defaults = validate_config({})
+    return {**{k: defaults[block][key] for k, (block, key) in SCHEMA_KEYS.items()}, **settings}
+
+
+def check_launch(processes: int, distributed: str, key: str = "sweep.launch") -> None:
+    """Refuse a launch the feedback objective cannot run under, before any job starts.
+
+    One process runs under any `distributed` (it is then unused); several need every process to
+    hold the whole student and teacher: `ddp` only.
+    """
+    if processes > 1 and distributed not in WHOLE_MODEL_LAUNCHES:
+        raise InputError(
+            f"{key}.distributed is `{distributed}` with {key}.processes = {processes}, but the "
+            "teacher-feedback objective samples from the whole student in every process, which "
+            f"{distributed} shards (and the teacher is loaded whole in every process anyway, so "
+            f"sharding saves nothing). Fix: set {key}.distributed: ddp, or {key}.processes: 1 "
+            "(one GPU per λ' run: a 0.27B student and an 8B teacher fit one 80 GB card, and the "
+            "λ' runs then go side by side)."
+        )
+
+
+def check_tokenizer_sources(
+    teacher_source: str, student_source: str, key: str = "sweep.teacher"
+) -> bool:
+    """Before any compute: refuse a student whose tokenizer differs from the teacher's.
+
+    Sources are model sources (distill.models.resolve): the student's is the model whose
+    tokenizer the student is built with (the sweep student: the sweep teacher's own). The same
+    source passes at once; local directories and hub ids already in the local HF cache are
+    compared by their tokenizers (no download); anything else cannot be compared before it is
+    fetched, and the training job compares the two tokenizers again. Returns whether the
+    tokenizers were verified equal; InputError naming `key` when they differ.
+    """
+    if teacher_source == student_source:
+        return True
+    teacher_tok = _local_tokenizer(teacher_source)
+    student_tok = _local_tokenizer(student_source)
+    if teacher_tok is None or student_tok is None:
+        return False
+    from distill.models.student import tokenizer_fingerprint
+
+    if tokenizer_fingerprint(teacher_tok) != tokenizer_fingerprint(student_tok):
+        raise InputError(
+            f"{key}: the teacher `{teacher_source}` ({len(teacher_tok)} tokens) and the student's "
+            f"tokenizer source `{student_source}` ({len(student_tok)} tokens) have different "
+            "tokenizers; the objective compares token ids, and the sweep student's vocabulary is "
+            f"the teacher's. Fix: build the sweep student from {key}'s model (its tokenizer "
+            f"defines the student's vocabulary), or name in {key} a teacher of the same family."
+        )
+    return True
+
+
+def _local_tokenizer(source: str):
+    """The tokenizer of a model source if it is on this machine (a directory, a cached hub id)."""
+    from transformers import AutoTokenizer
+
+    from distill.models.resolve import parse_source
+
+    kind, value = parse_source(source)
+    if kind == "gguf":
+        return None  # converting a GGUF takes seconds to minutes: too slow for planning
+    name, _, revision = value.partition("@")
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=revision or None, local_files_only=True)
+    except (OSError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------------------------
 # Pure functions: prompts, samples, the (x, y) batch, the teacher's cross-entropy.
-
-
-def prompt_lengths(target_mask: Tensor) -> Tensor:
-    """(B,) prompt lengths of a collated batch: its first target row + 1.
-
-    target_mask (B, T) bool, row-aligned (distill.batching): row j is a target iff token j + 1 is a
-    response token, so the first target row is prompt_len − 1. Every encoded example has a target.
-    """
-    if not bool(target_mask.any(dim=1).all()):
-        raise ValueError("every example needs a target row to locate its prompt")
-    return target_mask.int().argmax(dim=1) + 1
 
 
 def left_pad(prompts: list[Tensor], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -168,20 +260,14 @@ def token_cross_entropy(
 
 class Feedback(Objective):
     def __init__(self, settings: dict, **context):
-        unknown = set(settings) - set(DEFAULTS)
-        if unknown:
-            raise InputError(
-                f"--objective-settings: unknown keys {sorted(unknown)} for objective feedback; "
-                f"known: {sorted(DEFAULTS)}."
-            )
-        settings = {**DEFAULTS, **settings}
+        settings = with_schema_defaults(settings)
         super().__init__(settings, **context)
-        if not settings["teacher"]:
+        if settings["lam_prime"] < 0 or settings["lam"] <= 0:
             raise InputError(
-                "--objective-settings: objective feedback needs `teacher` (a model directory)."
+                f"--objective-settings: lam = {settings['lam']} and lam_prime = "
+                f"{settings['lam_prime']}; need lam > 0 (λ multiplies the whole loss: 0 trains "
+                "nothing) and lam_prime >= 0. Fix: sweep.lam and sweep.lambdas."
             )
-        if settings["lam_prime"] < 0 or settings["lam"] < 0:
-            raise InputError("--objective-settings: lam and lam_prime must be >= 0.")
         self.accelerator = context["accelerator"]
         _check_whole_student(self.accelerator)
         self.tokenizer = context["tokenizer"]
@@ -200,6 +286,7 @@ class Feedback(Objective):
             self.accelerator.device,
             dtype=torch.bfloat16 if bf16 else torch.float32,
         )
+        _check_prompts(context["train_examples"])
         self.heldout = list(context.get("valid_examples") or [])[: settings["heldout_examples"]]
         if not self.heldout:
             raise InputError("--valid: objective feedback needs held-out examples for its gap.")
@@ -242,7 +329,7 @@ class Feedback(Objective):
         ).to(ce_student)
         sft_term = lam * (ce_student - ce_teacher)
         terms = {"ce_student": ce_student, "ce_teacher": ce_teacher, "sft_term": sft_term}
-        loss = sft_term
+        loss = sft_term  # λ·(CE_S − CE_T); with λ' > 0 below: + λ·λ'·KL, λ over the whole bracket
         if feedback is not None:
             mask = pad_to(feedback["feedback_mask"], logits.shape[1], False)
             sampled = int(mask.sum())
@@ -253,7 +340,7 @@ class Feedback(Objective):
                 # Per-micro-batch sampled-token mean, / grad_accum: the window sum is the mean.
                 num_tokens=sampled * int(self.settings["grad_accum"]),
             )
-            loss = loss + lam_prime * feedback_kl
+            loss = loss + lam * lam_prime * feedback_kl
             terms["feedback_kl"] = feedback_kl
             # Summed over the window and averaged over processes by the loop: × processes gives
             # the step's sampled tokens over all processes.
@@ -266,7 +353,8 @@ class Feedback(Objective):
         """One continuation per prompt from the student (no gradient), as the (x, y) batch."""
         student = self.accelerator.unwrap_model(model)
         device = batch["input_ids"].device
-        lengths = prompt_lengths(batch["target_mask"]).tolist()
+        # The generation prompt x: the tokens before the last assistant turn (distill.batching).
+        lengths = batch["prompt_len"].tolist()
         prompts = [batch["input_ids"][b, :n].cpu() for b, n in enumerate(lengths)]
         ids, attention = left_pad(prompts, self.pad_id)
         was_training = student.training
@@ -385,8 +473,20 @@ def _check_whole_student(accelerator) -> None:
     if kind == DistributedType.FSDP or zero3:
         raise InputError(
             "objective feedback samples from the whole student in every process, which FSDP "
-            "and DeepSpeed ZeRO-3 shard. Fix: `distributed: ddp` (or deepspeed, ZeRO-2), or "
-            "train_gpus: 1."
+            "and DeepSpeed ZeRO-3 shard. Fix: sweep.launch.distributed: ddp, or "
+            "sweep.launch.processes: 1 (see check_launch)."
+        )
+
+
+def _check_prompts(examples) -> None:
+    """Refuse rows without a prompt to sample y from (plain-text rows: prompt_len 0)."""
+    bad = next((e for e in examples if e.prompt_len < 1), None)
+    if bad is not None:
+        raise InputError(
+            f"--train: row {bad.index} (domain {bad.domain!r}) has no prompt: the feedback "
+            "objective samples the student's continuation y of each row's prompt x, so it needs "
+            'chat rows {"id", "domain", "messages"}, not plain-text rows. Fix: give the '
+            "sweep chat rows (distill.data.math writes them)."
         )
 
 

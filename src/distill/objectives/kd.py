@@ -12,9 +12,16 @@ Teacher logits come from the on-disk cache (`teacher_source: cache`, top-k + lef
 the teacher run online. Attention maps and hidden states are not cached, so when w_attn or w_hid
 is on, the teacher also runs online for them.
 
-Settings (objective-settings JSON, config `kd:`): lam, divergence, beta, alpha, temperature,
-scale_by_t2, teacher, teacher_source (cache|online), cache, w_attn, layer_map (`uniform` or a
-list of [student, teacher] pairs), w_hid, hidden_kind, chunk_size.
+Teacher logits come from the on-disk cache (`teacher_source: cache`: top-k + leftover, or
+sampled tokens + entropy, whichever kind the cache is) or from the teacher run online. With
+`fused_loss` the prediction (and CE) terms are computed from the student's last hidden states
+and its output projection in chunks (distill.fused_kd): the (B, T, V) logits never exist.
+
+Settings (objective-settings JSON): the `kd:` block of the config schema (lam, divergence, beta,
+alpha, temperature, scale_by_t2, teacher_source, w_attn, layer_map, w_hid, hidden_kind,
+fused_loss, chunk_size) plus `teacher` (model dir) and `cache` (cache dir or null). Missing keys
+take the schema's defaults (`complete_settings`), so a module run directly needs no defaults of
+its own.
 
     python -m distill.train --objective kd --objective-settings \
         '{"teacher": "results/models/teacher", "teacher_source": "cache",
@@ -28,26 +35,57 @@ import contextlib
 import torch
 
 from distill import losses
+from distill.fused_kd import LinearHead, fused_cross_entropy, fused_divergence
 from distill.io import InputError
 from distill.models.student import tokenizer_fingerprint
 from distill.objectives import Objective
 from distill.teachers import LocalTeacher
 
-DEFAULTS = {
-    "lam": 1.0,
-    "divergence": "forward_kl",
-    "beta": 0.5,
-    "alpha": 0.1,
-    "temperature": 1.0,
-    "scale_by_t2": True,
-    "teacher_source": "online",
-    "cache": None,
-    "w_attn": 0.0,
-    "layer_map": "uniform",
-    "w_hid": 0.0,
-    "hidden_kind": "mse",
-    "chunk_size": 1024,
-}
+#: Objective settings that are not schema keys of the stage: paths the rule passes.
+PATH_SETTINGS = ("teacher", "cache")
+
+
+def complete_settings(settings: dict, *stages: str) -> dict:
+    """`settings` with every missing key taken from the schema defaults of the config blocks
+    `stages` (the first block that has the key wins).
+
+    Nested blocks (`kd.cache` of the cache builder, `train`, `launch`, `dae.expert`) configure
+    other jobs, not the objective, and are left out; `cache` (the cache directory) is None.
+    """
+    from distill.config import schema_defaults
+
+    defaults: dict = {}
+    for stage in reversed(stages):
+        block = schema_defaults(stage)
+        defaults.update({k: v for k, v in block.items() if not isinstance(v, dict)})
+    return {"cache": None, **defaults, **settings}
+
+
+@contextlib.contextmanager
+def capture_last_hidden(model):
+    """Record the base model's final (normed) hidden states (B, T, D) during a forward pass."""
+    captured: dict[str, torch.Tensor] = {}
+
+    def record(module, args, output):
+        captured["hidden"] = output[0]
+
+    handle = model.base_model.register_forward_hook(record)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def fused_head_supported(model) -> bool:
+    """Whether logits are exactly hidden @ W^T (no bias, no soft-capping, no scaling)."""
+    head = model.get_output_embeddings()
+    config = model.config
+    return (
+        isinstance(head, torch.nn.Linear)
+        and head.bias is None
+        and not getattr(config, "final_logit_softcapping", None)
+        and getattr(config, "logit_scale", 1.0) in (None, 1.0)
+    )
 
 
 @contextlib.contextmanager
@@ -96,13 +134,16 @@ def resolve_layer_map(spec, n_student: int, n_teacher: int) -> list[tuple[int, i
 
 
 class KD(Objective):
+    #: The config blocks whose schema defaults complete the settings, first wins.
+    schema_blocks: tuple[str, ...] = ("kd",)
+    extra_settings: tuple[str, ...] = ()
+
     def __init__(self, settings: dict, **context):
-        unknown = set(settings) - set(DEFAULTS) - {"teacher"} - set(self.extra_settings)
+        known = set(complete_settings({}, *self.schema_blocks)) | set(PATH_SETTINGS)
+        unknown = set(settings) - known - set(self.extra_settings)
         if unknown:
-            raise InputError(
-                f"kd settings: unknown keys {sorted(unknown)}; known: {sorted(DEFAULTS)}"
-            )
-        super().__init__({**DEFAULTS, **settings}, **context)
+            raise InputError(f"kd settings: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        super().__init__(complete_settings(settings, *self.schema_blocks), **context)
         s = self.settings
         if s["divergence"] not in losses.DIVERGENCES:
             raise InputError(
@@ -122,8 +163,9 @@ class KD(Objective):
         if s["w_hid"] > 0:
             d_teacher = self._teacher_config(s["teacher"]).hidden_size
             self.projection = torch.nn.Linear(student.config.hidden_size, d_teacher).to(device)
-
-    extra_settings: tuple[str, ...] = ()
+        distributed = context["accelerator"].distributed_type.name
+        # FSDP shards the output projection: only the module's own forward sees it whole.
+        self.fused = s["fused_loss"] and fused_head_supported(student) and distributed != "FSDP"
 
     # --- setup helpers --------------------------------------------------------------------------
     def _teacher_config(self, teacher_dir):
@@ -153,20 +195,50 @@ class KD(Objective):
             expect_temperature=self.settings["temperature"],
             expect_max_len=self.context["max_len"],
             expect_data=self.context["train_path"],
+            expect_vocab=self.context["student"].get_output_embeddings().weight.shape[0],
         )
+        divergence = self.settings["divergence"]
+        if cache.kind == "sampled" and not losses.DIVERGENCE_TABLE[divergence].from_samples:
+            raise InputError(
+                f"{cache.dir}: a sampled teacher cache. "
+                + losses.SAMPLED_REFUSAL.format(name=divergence)
+            )
         cache.verify_all()  # find a corrupt shard before training uses it
         return cache
 
     # --- the loss -------------------------------------------------------------------------------
     def teacher_logits(self, batch, teacher_out):
-        """The teacher's distribution for `batch`: top-k from the cache, or online logits."""
+        """The teacher's distribution for `batch`: from the cache (either kind) or online logits."""
         if self.cache is not None:
             return self.cache.batch(batch["index"].cpu(), batch["target_mask"].cpu()).to(
                 batch["input_ids"].device
             )
         return teacher_out.logits
 
-    def prediction_loss(self, logits, teacher, mask, normaliser):
+    def student_forward(self, model, batch, attention_layers=(), hidden=False):
+        """(model output, attention maps {layer: (B,H,T,T)}, student side of the token losses).
+
+        The student side is a `LinearHead` (hidden states + output projection) when the fused
+        loss is on (the model then computes the logits of the last position only), else the
+        (B, T, V) logits.
+        """
+        bare = _unwrap(model)
+        with (
+            capture_attentions(bare, list(attention_layers)) as attn,
+            capture_last_hidden(bare) as last,
+        ):
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                output_hidden_states=hidden,
+                logits_to_keep=1 if self.fused else 0,
+            )
+        if self.fused:
+            return out, attn, LinearHead(last["hidden"], bare.get_output_embeddings().weight)
+        return out, attn, out.logits
+
+    def prediction_loss(self, student, teacher, mask, normaliser):
+        """The divergence term from `student` (logits or a LinearHead) against `teacher`."""
         s = self.settings
         kwargs = {
             "temperature": s["temperature"],
@@ -174,64 +246,82 @@ class KD(Objective):
             "num_tokens": normaliser,
             "chunk_size": s["chunk_size"],
         }
-        if s["divergence"] == "jsd":
-            kwargs["beta"] = s["beta"]
-        elif s["divergence"].startswith("skew"):
-            kwargs["alpha"] = s["alpha"]
-        return losses.divergence(s["divergence"], logits, teacher, mask, **kwargs)
+        param = losses.DIVERGENCE_TABLE[s["divergence"]].param
+        if param is not None:
+            kwargs[param] = s[param]
+        if isinstance(student, LinearHead):
+            return fused_divergence(s["divergence"], student, teacher, mask, **kwargs)
+        return losses.divergence(s["divergence"], student, teacher, mask, **kwargs)
+
+    def ce_loss(self, student, labels, mask, normaliser):
+        """The supervised term from `student` (logits or a LinearHead)."""
+        if isinstance(student, LinearHead):
+            return fused_cross_entropy(
+                student, labels, mask, num_tokens=normaliser, chunk_size=self.settings["chunk_size"]
+            )
+        return losses.cross_entropy(student, labels, mask, num_tokens=normaliser)
 
     def loss(self, model, batch, normaliser):
         s = self.settings
         mask = batch["target_mask"]
-        student_layers = sorted({p[0] for p in self.layer_map}) if s["w_attn"] > 0 else []
-        teacher_layers = sorted({p[1] for p in self.layer_map}) if s["w_attn"] > 0 else []
-        with capture_attentions(_unwrap(model), student_layers) as student_attn:
-            out = model(
-                input_ids=batch["input_ids"],
-                attention_mask=batch["attention_mask"],
-                output_hidden_states=s["w_hid"] > 0,
-            )
+        attention_pairs = self.layer_map if s["w_attn"] > 0 else []
+        out, student_attn, student = self.student_forward(
+            model, batch, sorted({a for a, _ in attention_pairs}), hidden=s["w_hid"] > 0
+        )
         teacher_out, teacher_attn = None, {}
         if self.needs_online:
+            teacher_layers = sorted({b for _, b in attention_pairs})
             with capture_attentions(self.teacher.model, teacher_layers) as teacher_attn:
                 teacher_out = self.teacher.forward(batch, hidden=s["w_hid"] > 0)
         teacher = self.teacher_logits(batch, teacher_out)
-
-        terms = {"pred": self.prediction_loss(out.logits, teacher, mask, normaliser)}
+        terms = {"pred": self.prediction_loss(student, teacher, mask, normaliser)}
         kd = terms["pred"]
-        if s["lam"] < 1:
-            terms["ce"] = losses.cross_entropy(
-                out.logits, batch["labels"], mask, num_tokens=normaliser
-            )
         if s["w_attn"] > 0:
-            pairs = [(student_attn[a], teacher_attn[b]) for a, b in self.layer_map]
             terms["attn"] = losses.attention_kl(
-                [p[0] for p in pairs], [p[1] for p in pairs], mask,
-                layer_map=[(i, i) for i in range(len(pairs))], num_rows=normaliser,
+                [student_attn[a] for a, _ in attention_pairs],
+                [teacher_attn[b] for _, b in attention_pairs],
+                mask, layer_map=[(i, i) for i in range(len(attention_pairs))],
+                num_rows=normaliser,
             )  # fmt: skip
             kd = kd + s["w_attn"] * terms["attn"]
         if s["w_hid"] > 0:
-            terms["hid"] = sum(
-                losses.hidden_state_loss(
-                    out.hidden_states[a + 1], teacher_out.hidden_states[b + 1], mask,
-                    self.projection, kind=s["hidden_kind"], num_tokens=normaliser,
-                )
-                for a, b in self.layer_map
-            ) / len(self.layer_map)  # fmt: skip
+            terms["hid"] = self.hidden_loss(out, teacher_out, mask, normaliser)
             kd = kd + s["w_hid"] * terms["hid"]
         total = s["lam"] * kd
         if s["lam"] < 1:
+            terms["ce"] = self.ce_loss(student, batch["labels"], mask, normaliser)
             total = total + (1 - s["lam"]) * terms["ce"]
         return {"loss": total, **terms}
+
+    def hidden_loss(self, out, teacher_out, mask, normaliser):
+        """Mean over the mapped layers of the projected hidden-state distance."""
+        return sum(
+            losses.hidden_state_loss(
+                out.hidden_states[a + 1], teacher_out.hidden_states[b + 1], mask,
+                self.projection, kind=self.settings["hidden_kind"], num_tokens=normaliser,
+            )
+            for a, b in self.layer_map
+        ) / len(self.layer_map)  # fmt: skip
 
     def flops(self, batch, n_params: int) -> float:
         tokens = float(batch["attention_mask"].sum())
         teacher = self.teacher.flops_per_token * tokens if self.teacher is not None else 0.0
         return 6.0 * n_params * tokens + teacher
 
-    # --- saved state: the hidden-state projection (never exported with the student) ---------------
+    # --- the hidden-state projection: trained here, saved, never exported with the student --------
     def parameters(self):
         return list(self.projection.parameters()) if self.projection is not None else []
+
+    def sync_gradients(self, accelerator) -> None:
+        """Average the projection's gradients over processes (call after backward, before the
+        optimizer step). DDP averages only the wrapped student's gradients; the projection is
+        outside it, so without this each process would step its own copy apart."""
+        if accelerator.num_processes == 1:
+            return
+        for param in self.parameters():
+            grad = param.grad if param.grad is not None else torch.zeros_like(param)
+            torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
+            param.grad = grad / accelerator.num_processes
 
     def state_dict(self) -> dict:
         return {"projection": self.projection.state_dict()} if self.projection is not None else {}
