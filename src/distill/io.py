@@ -88,7 +88,7 @@ ROLES = ("system", "user", "assistant")
 def check_example(row: Any, require_response: bool = True) -> str | None:
     """Return what is wrong with one dataset row, or None if it follows the contract.
 
-    Contract (DESIGN.md), two kinds of row:
+    The dataset contract (README, "What it makes"), two kinds of row:
       - chat: {"id": str, "domain": str, "messages": [{"role", "content"}, ...]} with at least one
         user turn and, when `require_response`, a final assistant turn (the training target);
         "answer" optional;

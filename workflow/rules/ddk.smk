@@ -88,10 +88,12 @@ rule domain_eval:
         gpu=domain_eval_gpus,
     params:
         max_len=train_settings("ddk")["max_len"],
+        max_new_tokens=config["eval"]["math_max_new_tokens"],
         precision=PRECISION,
     shell:
         "python -m distill.eval.domains evaluate --model {input.model} --valid {input.valid} "
-        "--math-test {input.math} --max-len {params.max_len} --precision {params.precision} "
+        "--math-test {input.math} --max-len {params.max_len} "
+        "--max-new-tokens {params.max_new_tokens} --precision {params.precision} "
         "--out {output} > {log} 2>&1"
 
 

@@ -52,6 +52,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from distill.config import schema_defaults
 from distill.io import InputError, main_guard, setup_logging, write_jsonl
 
 log = logging.getLogger("distill.data.math")
@@ -454,14 +455,15 @@ def main(argv: list[str] | None = None) -> None:
         description="Write train/valid/test jsonl of mathematics_dataset questions and answers.",
     )
     parser.add_argument("--modules", nargs="+", help="package module names, e.g. numbers__gcd")
-    parser.add_argument("--difficulty", default="train-easy", choices=DIFFICULTIES)
+    defaults = schema_defaults("data.math")  # the schema is the one home of defaults
+    parser.add_argument("--difficulty", default=defaults["difficulty"], choices=DIFFICULTIES)
     parser.add_argument(
         "--test-difficulty", choices=DIFFICULTIES, help="regime of the test split (default: same)"
     )
-    parser.add_argument("--n-train", type=int, default=1000, help="rows per module")
-    parser.add_argument("--n-valid", type=int, default=100, help="rows per module")
-    parser.add_argument("--n-test", type=int, default=100, help="rows per module")
-    parser.add_argument("--seed", type=int, default=0)
+    for split in ("train", "valid", "test"):
+        key = f"n_{split}"
+        parser.add_argument(f"--n-{split}", type=int, default=defaults[key], help="rows per module")
+    parser.add_argument("--seed", type=int, default=schema_defaults()["seed"])
     parser.add_argument("--out-dir", type=Path)
     parser.add_argument("--jobs", type=int, default=1, help="modules sampled at once")
     parser.add_argument("--list", action="store_true", help="print the module names and exit")

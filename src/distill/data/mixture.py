@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--domain", required=True)
     parser.add_argument("--domains", nargs="+", required=True)
     parser.add_argument("--share", type=float, required=True)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, required=True, help="config `seed`")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     log = setup_logging()

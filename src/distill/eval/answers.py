@@ -41,6 +41,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from distill.config import schema_defaults
 from distill.eval import mtbench
 from distill.eval.alpaca import read_model_outputs, write_model_outputs
 from distill.io import InputError, main_guard, read_examples, setup_logging, write_jsonl
@@ -277,10 +278,12 @@ def _generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-dir", required=True)
     p.add_argument("--name", required=True, help="model_id / generator written into the records")
     p.add_argument("--max-new-tokens", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--backend", choices=["auto", "transformers", "vllm"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    defaults = schema_defaults()  # the schema is the one home of defaults
+    p.add_argument("--batch-size", type=int, default=defaults["eval"]["batch_size"])
+    p.add_argument("--backend", choices=["auto", "transformers", "vllm"],
+                   default=defaults["eval"]["backend"])  # fmt: skip
+    p.add_argument("--seed", type=int, default=defaults["seed"])
+    p.add_argument("--precision", choices=["bf16", "fp32"], default=defaults["precision"])
     p.add_argument("--out", required=True)
 
 
@@ -300,8 +303,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     m.set_defaults(fn=cmd_mtbench)
     a = sub.add_parser("alpaca", help="AlpacaEval model outputs")
     a.add_argument("--instructions", required=True, help="dataset jsonl or a JSON list")
-    a.add_argument("--n-instructions", type=int, default=0, help="the first N (0: all)")
-    a.add_argument("--temperature", type=float, default=0.0)
+    alpaca = schema_defaults("eval.alpaca")
+    a.add_argument("--n-instructions", type=int, default=alpaca["n_instructions"],
+                   help="the first N (0: all)")  # fmt: skip
+    a.add_argument("--temperature", type=float, default=alpaca["temperature"])
     _generation_arguments(a)
     a.set_defaults(fn=cmd_alpaca)
     args = p.parse_args(argv)

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--valid", required=True, help="rows whose per-domain CE is measured")
     one.add_argument("--math-test", required=True, help="rows with an `answer` to ask")
     one.add_argument("--max-len", type=int, required=True)
-    one.add_argument("--max-new-tokens", type=int, default=16, help="tokens per math answer")
+    one.add_argument("--max-new-tokens", type=int, required=True, help="tokens per math answer")
     one.add_argument("--precision", required=True, choices=["bf16", "fp32"])
     one.add_argument("--out", required=True)
     one.set_defaults(run=cmd_evaluate)

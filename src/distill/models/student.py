@@ -97,7 +97,7 @@ def main() -> None:
     parser.add_argument(
         "--spec", required=True, help='JSON: {"method": "layers"|"sizes"|"source", ...}'
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, required=True, help="config `seed`")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     log = setup_logging()

@@ -218,7 +218,9 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", action="extend", required=True,
                         help="λ'=path/to/train_log.csv, the same λ' once per seed")  # fmt: skip
     parser.add_argument("--teacher-metrics", help="JSON of distill.eval.domains for the teacher")
-    parser.add_argument("--smooth", type=int, default=5, help="running-mean window (rows)")
+    parser.add_argument(
+        "--smooth", type=int, required=True, help="sweep.smooth: running-mean window"
+    )
     parser.add_argument("--title", default="Teacher-feedback SFT: the λ' sweep")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
