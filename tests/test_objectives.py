@@ -192,24 +192,3 @@ def test_sampled_cache_trains_forward_kl_and_refuses_reverse_kl(
         InputError, match=r"sampled teacher cache.*`reverse_kl`.*teacher_source: online"
     ):
         kd_objective(ctx, teacher_source="cache", cache=str(cache), divergence="reverse_kl")
-
-
-def _sync_worker(rank: int, path: str) -> None:
-    import torch.distributed as dist
-
-    from distill.objectives.kd import KD
-
-    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
-    projection = torch.nn.Linear(2, 2)
-    for p in projection.parameters():
-        p.grad = torch.full_like(p, float(rank + 1))  # rank 0: 1, rank 1: 2
-    fake = type("Fake", (), {"parameters": lambda self: list(projection.parameters())})()
-    KD.sync_gradients(fake, type("Acc", (), {"num_processes": 2})())
-    for p in projection.parameters():
-        assert torch.equal(p.grad, torch.full_like(p, 1.5)), p.grad
-    dist.destroy_process_group()
-
-
-@pytest.mark.slow
-def test_projection_gradients_are_averaged_over_processes(tmp_path):
-    torch.multiprocessing.spawn(_sync_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2)

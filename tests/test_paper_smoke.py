@@ -96,5 +96,6 @@ def test_paper_dag_runs_end_to_end_on_cpu(tmp_path):
         cwd=repo, capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
+    assert "never awaited" not in report.stderr  # profiles/default fixes disk_mb (why: there)
     with zipfile.ZipFile(repo / "results/report.zip") as z:
         assert sum(n.endswith(".png") for n in z.namelist()) >= 7

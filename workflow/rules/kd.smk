@@ -1,7 +1,8 @@
 # KD-DAE stage 1: teacher caches (for every stage that reads one), then knowledge distillation.
 
 KD_KEYS = ["lam", "divergence", "temperature", "teacher_source", "beta", "alpha"]
-KD_KEYS += ["scale_by_t2", "w_attn", "layer_map", "w_hid", "hidden_kind"]
+KD_KEYS += ["scale_by_t2", "w_attn", "layer_map", "w_hid", "hidden_kind", "fused_loss"]
+KD_KEYS += ["chunk_size"]
 # Which data each cached dataset is and which stage's max_len/temperature made the cache path.
 CACHE_DATASETS = "instructions|dae|pretrain"
 

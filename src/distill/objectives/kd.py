@@ -312,17 +312,6 @@ class KD(Objective):
     def parameters(self):
         return list(self.projection.parameters()) if self.projection is not None else []
 
-    def sync_gradients(self, accelerator) -> None:
-        """Average the projection's gradients over processes (call after backward, before the
-        optimizer step). DDP averages only the wrapped student's gradients; the projection is
-        outside it, so without this each process would step its own copy apart."""
-        if accelerator.num_processes == 1:
-            return
-        for param in self.parameters():
-            grad = param.grad if param.grad is not None else torch.zeros_like(param)
-            torch.distributed.all_reduce(grad, op=torch.distributed.ReduceOp.SUM)
-            param.grad = grad / accelerator.num_processes
-
     def state_dict(self) -> dict:
         return {"projection": self.projection.state_dict()} if self.projection is not None else {}
 
