@@ -20,6 +20,11 @@ SPLITS = ["train", "valid", "test"]
 PRECISION = config["precision"]
 ENV = "../../envs/distill.yaml"  # the conda environment of every rule (--sdm conda)
 
+# One thread per generation/judging job: on 2 cores two of them run side by side. Small-batch
+# decoding of a small model gains little from a second thread, and a 2-thread job beside any
+# other busy process slowed about 20x here (OpenMP threads spin-waiting for the shared core).
+EVAL_THREADS = 1
+
 # OpenMP threads that wait by sleeping, not spinning: with two jobs sharing 2 cores, spinning
 # threads made torch steps 3-20x slower here. Jobs inherit this environment.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

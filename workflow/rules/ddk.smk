@@ -81,7 +81,7 @@ rule domain_eval:
         "results/benchmarks/eval/domains/{model}/seed{seed}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: EVAL_THREADS  # generation-bound: two such jobs side by side (eval.smk)
     resources:
         mem_mb=8000,
         runtime=runtime_min(30),

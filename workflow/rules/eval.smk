@@ -12,10 +12,6 @@ JUDGE_CHECK = "results/eval/judge_check.csv"
 ALPACA_SET = f"{ALPACA}/data/alpaca_eval.json"  # AlpacaEval's evaluation set, local
 # The {model} wildcard: a known model name only.
 EVAL_MODEL_NAMES = "|".join(["teacher", *STUDENT_DIRS])
-# One thread per generation/judging job: on 2 cores two of them run side by side. Small-batch
-# decoding of a small model gains little from a second thread, and a 2-thread job beside any
-# other busy process slowed about 20x here (OpenMP threads spin-waiting for the shared core).
-EVAL_THREADS = 1
 # An in-process judge is a workflow model (a student: its first seed's run).
 JUDGE_DIR = (
     model_dir(JUDGE["model"], SEEDS[0]) if JUDGE["kind"] == "transformers" else None
