@@ -37,7 +37,7 @@ LABELS = list(CATEGORY_LABELS.values())  # FastChat's order: Writing, Roleplay, 
 
 # KD-DAE (arXiv 2406.19112), MT-Bench by category of Flip-2x7B-Instruct-β with a GPT-4 judge,
 # read off the published radar plot (repository flipkart-incubator/kd-dae,
-# assets/images/evaluation.png) to about ±0.2.
+# assets/images/radar_plot.png) to about ±0.2.
 PAPER_RADAR = {
     "label": "KD-DAE paper: Flip-2x7B-Instruct-β (GPT-4 judge)",
     "scores": {
