@@ -17,14 +17,16 @@ def pick_dtype(precision: str = "bf16") -> torch.dtype:
 
 def load_for_generation(model_dir: str, precision: str = "bf16"):
     """(model, tokenizer) ready for batched generation: eval mode, left padding."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from distill.teachers import load_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"  # generation appends on the right: pad on the left
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=pick_dtype(precision)).to(device)
+    model = load_causal_lm(model_dir, device, dtype=pick_dtype(precision))
     model.eval()
     return model, tokenizer
 
