@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,23 @@ def pytest_collection_modifyitems(session, config, items):
     """Run the SLURM tests first: their slow runs (SLURM's polling, a job that must hit its
     time limit) go on in the background while the rest of the suite runs."""
     items.sort(key=lambda item: 0 if item.module.__name__.endswith("test_slurm") else 1)
+
+
+def copy_checkout(dest: Path) -> Path:
+    """The files a clone has (tracked + untracked-not-ignored) copied to `dest`, links as links:
+    workflow tests run there, so the checkout's own results/ stay as they are."""
+    names = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+        text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    for name in names:
+        source, target = REPO / name, dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        elif source.is_file():
+            shutil.copy2(source, target)
+    return dest
 
 
 def run_module(module: str, *args: str, env: dict | None = None, check: bool = True):

@@ -9,25 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import copy_checkout
 
 BIN = Path(sys.executable).parent
 CONFIGS = ["config.yaml", "configs/ci.yaml"]
 KD = "results/models/student_kd/seed0"
 ADVICE = "Fix: run the same snakemake command again"
-
-
-def copy_repo(dest: Path) -> Path:
-    """The tracked and untracked-but-not-ignored files of the checkout (what a clone has)."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-        text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def snakemake(repo: Path, *args: str) -> subprocess.CompletedProcess:
@@ -38,7 +25,7 @@ def snakemake(repo: Path, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_damaged_shard_advice_leads_to_a_trained_model(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
+    repo = copy_checkout(tmp_path / "repo")
     first = snakemake(repo, KD)
     assert first.returncode == 0, first.stderr[-4000:]
     [manifest] = (repo / "results/cache/teacher/instructions").glob("*/manifest.json")

@@ -15,28 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, copy_checkout
 
 from distill.config import effective_config
 from distill.io import InputError
 
 BIN = Path(sys.executable).parent
-
-
-def copy_of_repo(dest: Path) -> Path:
-    """The files a clone has (tracked + untracked-not-ignored), links kept as links."""
-    names = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-        text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in names:
-        source, target = REPO / name, dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            target.symlink_to(os.readlink(source))
-        elif source.is_file():
-            target.write_bytes(source.read_bytes())
-    return dest
 
 
 def dry_run(repo: Path, *args: str, home: Path) -> subprocess.CompletedProcess:
@@ -65,7 +49,7 @@ def test_config_cli_prints_the_effective_config():
 
 @pytest.mark.slow
 def test_paper_config_takes_nothing_from_config_yaml(tmp_path):
-    repo = copy_of_repo(tmp_path / "repo")
+    repo = copy_checkout(tmp_path / "repo")
     paper = effective_config([str(repo / "configs/paper.yaml")])
     # Snakemake itself: a config.yaml that cannot even be parsed is not read for the paper.
     (repo / "config.yaml").write_text("train: {steps: [unclosed\n")
@@ -122,7 +106,7 @@ def test_paper_config_has_the_papers_settings():
 @pytest.mark.slow
 def test_paper_plans_with_the_slurm_profile_from_a_fresh_home(tmp_path):
     """What README tells a cluster user to type, from the repository root, in a fresh HOME."""
-    repo = copy_of_repo(tmp_path / "repo")
+    repo = copy_checkout(tmp_path / "repo")
     plan = dry_run(repo, "--profile", "slurm", "--configfile", "configs/paper.yaml",
                    home=tmp_path / "home")  # fmt: skip
     assert plan.returncode == 0, plan.stderr[-3000:]

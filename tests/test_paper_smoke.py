@@ -18,8 +18,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
-from test_config import copy_of_repo
+from conftest import REPO, copy_checkout
 
 from distill.config import effective_config
 
@@ -67,7 +66,7 @@ def test_smoke_changes_no_method_setting():
 
 @pytest.mark.slow
 def test_paper_dag_runs_end_to_end_on_cpu(tmp_path):
-    repo = copy_of_repo(tmp_path / "repo")
+    repo = copy_checkout(tmp_path / "repo")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # nothing may come from a hub
     started = time.time()
     run = subprocess.run(

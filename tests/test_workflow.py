@@ -6,7 +6,6 @@ paper DAG runs in tests/test_paper_smoke.py."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, copy_checkout
 
 BIN = Path(sys.executable).parent
 
@@ -23,19 +22,6 @@ def snakemake(*args, cwd=REPO, timeout=1200):
     return subprocess.run(
         [str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
     )
-
-
-def copy_repo(dest: Path) -> Path:
-    """The tracked and untracked-but-not-ignored files of the checkout (what a clone has)."""
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-        text=True, check=True,
-    ).stdout.split()  # fmt: skip
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def test_lint_and_format_are_clean():
@@ -103,7 +89,7 @@ def kill_snakemake_mid_training(repo: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_workflow_resumes_training_and_cleans_up(tmp_path):
-    repo = copy_repo(tmp_path / "repo")
+    repo = copy_checkout(tmp_path / "repo")
     (repo / "longer_sft.yaml").write_text("sft: {train: {steps: 12}}\n")
     kill_snakemake_mid_training(repo)
     # As after any killed run: release snakemake's lock, then rerun. The rerun redoes the

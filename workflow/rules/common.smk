@@ -163,7 +163,7 @@ def stage_train_json(stage):
 
 
 def run_seed(stage):
-    """A resource-free params function: the run's seed = the stage's train.seed + the replicate."""
+    """A params function: the run's seed = the stage's train.seed + the replicate."""
 
     def seed(wildcards):
         return train_settings(stage)["seed"] + int(wildcards.seed)

@@ -32,8 +32,6 @@ from distill.plots.common import (  # noqa: E402
     save_figure,
 )
 
-__all__ = ["read_log", "save_figure"]  # save_figure: other figures import it from here too
-
 HINT = "Fix: pass a train_log.csv written by `python -m distill.train`."
 
 
